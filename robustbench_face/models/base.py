@@ -1,0 +1,56 @@
+"""The pair-verification interface every model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..geometry import CANONICAL_TEMPLATE, CROP_SIZE, sampling_grid_theta, warp_batch
+
+
+class Verifier(nn.Module, ABC):
+    """A face-verification model on canonical aligned crops.
+
+    Inputs are batches (N, 3, 160, 160) of RGB faces aligned to
+    `geometry.CANONICAL_TEMPLATE`, float in [0, 1]. Each model does its own
+    warping, resizing and normalisation inside `embed`, so that attacks and
+    their epsilons live in one pixel space for all models.
+
+    Scores are dissimilarities: a pair is judged the same person when its
+    score is below the threshold. `score_names` lists the scores `compare`
+    returns; the first is the model's own decision, the others (if any)
+    belong to its modules. Whole models have the single score "all".
+    """
+
+    name: ClassVar[str]
+    input_size: ClassVar[int]
+    # Five landmarks of the model's own chip geometry, in its input pixels.
+    template: ClassVar[np.ndarray]
+    score_names: ClassVar[tuple[str, ...]] = ("all",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        theta = sampling_grid_theta(CANONICAL_TEMPLATE, CROP_SIZE, self.template, self.input_size)
+        self.register_buffer("chip_theta", theta, persistent=False)
+
+    def to_chip(self, faces: torch.Tensor) -> torch.Tensor:
+        """Warp canonical crops in [0, 1] to the model's chip geometry."""
+        return warp_batch(faces, self.chip_theta, self.input_size)
+
+    @abstractmethod
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Map canonical crops (N, 3, 160, 160) in [0, 1] to embeddings (N, D)."""
+
+    def compare(self, probe: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Score pairs of embeddings (N, D) row by row; lower means more alike.
+
+        The default is the Euclidean distance under the name "all".
+        """
+        return {"all": torch.linalg.vector_norm(probe - reference, dim=1)}
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.embed(faces)
