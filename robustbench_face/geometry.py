@@ -51,6 +51,8 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         sign[1] = -1.0
     rotation = u @ np.diag(sign) @ vt
     src_var = (src_c**2).sum() / len(src)
+    if src_var <= 1e-12:
+        raise ValueError("source points coincide, so no similarity transform is defined")
     scale = (singular * sign).sum() / src_var
     translation = dst_mean - scale * rotation @ src_mean
 
@@ -58,6 +60,19 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     matrix[:, :2] = scale * rotation
     matrix[:, 2] = translation
     return matrix
+
+
+def estimate_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Fit the least-squares affine transform mapping `src` to `dst` (2 x 3)."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 3:
+        raise ValueError(f"expected two (K, 2) point arrays with K >= 3, got {src.shape} and {dst.shape}")
+    design = np.hstack([src, np.ones((len(src), 1))])
+    solution, _, rank, _ = np.linalg.lstsq(design, dst, rcond=None)
+    if rank < 3:
+        raise ValueError("source points are collinear, so no affine transform is defined")
+    return solution.T
 
 
 def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -73,16 +88,20 @@ def invert_transform(matrix: np.ndarray) -> np.ndarray:
 
 
 def sampling_grid_theta(
-    src_template: np.ndarray, src_size: int, dst_template: np.ndarray, dst_size: int
+    src_template: np.ndarray, src_size: int, dst_template: np.ndarray, dst_size: int, affine: bool = False
 ) -> torch.Tensor:
     """Build the `affine_grid` matrix that warps a `src_size` crop aligned to
     `src_template` into a `dst_size` crop aligned to `dst_template`.
+
+    The map is a similarity fit unless `affine` is set, for chips that
+    stretch the face unevenly.
 
     `affine_grid` maps output coordinates to input coordinates in [-1, 1]
     units (align_corners=False, so -1 and 1 are the outer pixel edges), so
     the pixel-space inverse transform is conjugated into those units.
     """
-    to_src = estimate_similarity(dst_template, src_template)  # output pixel -> input pixel
+    fit = estimate_affine if affine else estimate_similarity
+    to_src = fit(dst_template, src_template)  # output pixel -> input pixel
 
     def normalise(size: int) -> np.ndarray:
         # pixel centre x maps to (2x + 1) / size - 1

@@ -30,11 +30,15 @@ class Verifier(nn.Module, ABC):
     input_size: ClassVar[int]
     # Five landmarks of the model's own chip geometry, in its input pixels.
     template: ClassVar[np.ndarray]
+    # Fit a full affine map to the template instead of a similarity.
+    template_affine: ClassVar[bool] = False
     score_names: ClassVar[tuple[str, ...]] = ("all",)
 
     def __init__(self) -> None:
         super().__init__()
-        theta = sampling_grid_theta(CANONICAL_TEMPLATE, CROP_SIZE, self.template, self.input_size)
+        theta = sampling_grid_theta(
+            CANONICAL_TEMPLATE, CROP_SIZE, self.template, self.input_size, affine=self.template_affine
+        )
         self.register_buffer("chip_theta", theta, persistent=False)
 
     def to_chip(self, faces: torch.Tensor) -> torch.Tensor:

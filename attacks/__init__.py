@@ -1,0 +1,1 @@
+"""Declarative sweep specs, installed as the package robustbench_face.sweep_specs."""

@@ -1,0 +1,227 @@
+"""The `frb` command line."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from . import __version__
+from .attacks.budgets import BUDGET_PARAMETER, DEFAULT_ALPHA, DEFAULT_OVERSHOOT, AttackSpec, parse_range
+from .attacks.specs import load_spec
+from .cli_errors import reports_errors
+from .errors import FrbError
+from .models.registry import MODELS, available_models, parse_model_names
+from .paths import resolve_cache_dir, resolve_data_root
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    folds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                first, last = (int(x) for x in part.split("-", 1))
+                folds.extend(range(first, last + 1))
+            elif part:
+                folds.append(int(part))
+        except ValueError:
+            raise FrbError(f"--folds {text!r} is not a list of fold numbers; use e.g. 1,2 or 1-10") from None
+    if not folds:
+        raise FrbError(f"--folds {text!r} names no fold; use e.g. 1,2 or 1-10")
+    return sorted(set(folds))
+
+
+def _parse_weights(items: tuple[str, ...]) -> dict[str, Path]:
+    weights: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise FrbError(f"--weights {item!r} must be NAME=PATH, e.g. facenet=~/vggface2.pt")
+        if name not in MODELS:
+            raise FrbError(f"--weights {item!r} names unknown model {name!r}; choose from {', '.join(MODELS)}")
+        weights[name] = Path(path).expanduser()
+    return weights
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FrbError(f"--device {device} requested but CUDA is not available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise FrbError(f"--device {device!r} is not supported; use cpu or cuda[:N]")
+    return device
+
+
+def _models_for(text: str | None, weights: dict[str, Path]) -> list[str]:
+    if text is None and weights:
+        # Models given weights explicitly count as available.
+        return sorted(set(available_models()) | set(weights), key=list(MODELS).index)
+    return parse_model_names(text)
+
+
+common_data_options = [
+    click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Folder that contains lfw/ (default: $FRB_DATA_ROOT, else a user cache folder)."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Cache for aligned faces (default: $FRB_CACHE_DIR, else a user cache folder)."),
+    click.option("--models", "models_text", default=None, metavar="NAME[,NAME]",
+                 help=f"Models to benchmark: {', '.join(MODELS)} (default: those whose weights are on disk)."),
+    click.option("--weights", "weights_items", multiple=True, metavar="NAME=PATH",
+                 help="Weights file for a model, e.g. facenet=PATH; repeatable."),
+    click.option("--folds", "folds_text", default=None, metavar="LIST",
+                 help="Folds to report, e.g. 1,2 or 1-10 (default: all ten)."),
+    click.option("--pairs", "per_fold", type=click.IntRange(min=1), default=None,
+                 help="Use at most N pairs of each fold, half matched and half mismatched (default: all 600)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Images per forward pass; results do not depend on it."),
+    click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)."),
+    click.option("--skip-missing", is_flag=True, help="Leave out pairs whose image file is missing instead of failing."),
+    click.option("--no-progress", is_flag=True, help="Hide progress bars."),
+]
+
+
+def with_options(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@click.group()
+@click.version_option(__version__, prog_name="frb")
+@click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: debug).")
+def main(verbose: int) -> None:
+    """robustbench-face: adversarial robustness of face verification on LFW."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("run")
+@click.option("--attack", type=click.Choice(sorted(BUDGET_PARAMETER)), default=None,
+              help="Attack to sweep (required unless --spec names it).")
+@click.option("--spec", "spec_name", default=None, metavar="NAME|FILE",
+              help="A sweep spec: a shipped name (fgsm, ffgsm, deepfool) or a .toml file; options override it.")
+@click.option("--eps", "eps_text", default=None, metavar="START:STOP:STEP",
+              help="L-inf radii in pixel scale [0, 1], stop included, for fgsm and ffgsm (default 0:0.1:0.01).")
+@click.option("--steps", "steps_text", default=None, metavar="START:STOP:STEP",
+              help="DeepFool step counts, stop included (default 0:10:1).")
+@click.option("--alpha", type=float, default=None, help="FFGSM step size in pixel scale (default 10/255).")
+@click.option("--overshoot", type=float, default=None, help="DeepFool overshoot (default 0.02).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random starts.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: results/<attack>-<run id>); rerunning resumes it.")
+@with_options(common_data_options)
+@reports_errors
+def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed, out, data_root, cache_dir,
+                models_text, weights_items, folds_text, per_fold, batch_size, device, skip_missing, no_progress):
+    """Attack the probe image of LFW pairs over a budget sweep.
+
+    Writes curves.csv, pairs.csv, run.json and curves.png/.pdf.
+    """
+    from .sweep.config import RunConfig
+    from .sweep.runner import run
+
+    spec_values = load_spec(spec_name) if spec_name else {}
+    attack = attack or spec_values.get("attack")
+    if attack is None:
+        raise FrbError("no attack given; pass --attack fgsm|ffgsm|deepfool or --spec NAME")
+    if spec_values.get("attack", attack) != attack:
+        raise FrbError(f"--attack {attack} contradicts spec {spec_name} (attack {spec_values['attack']}); drop one")
+    param = BUDGET_PARAMETER[attack]
+    other = "steps" if param == "eps" else "eps"
+    if (eps_text if other == "eps" else steps_text) is not None:
+        raise FrbError(f"--{other} does not apply to {attack}; use --{param}")
+    text = (eps_text if param == "eps" else steps_text) or str(spec_values.get(param, "0:0.1:0.01" if param == "eps" else "0:10:1"))
+    values = parse_range(text, f"--{param}", integer=param == "steps")
+    spec = AttackSpec(
+        attack=attack,
+        values=values,
+        alpha=alpha if alpha is not None else float(spec_values.get("alpha", DEFAULT_ALPHA)),
+        overshoot=overshoot if overshoot is not None else float(spec_values.get("overshoot", DEFAULT_OVERSHOOT)),
+    )
+    weights = _parse_weights(weights_items)
+    cfg = RunConfig(
+        spec=spec,
+        models=_models_for(models_text, weights),
+        data_root=resolve_data_root(data_root),
+        cache_dir=resolve_cache_dir(cache_dir),
+        folds=_parse_folds(folds_text),
+        per_fold=per_fold,
+        batch_size=batch_size,
+        seed=seed,
+        skip_missing=skip_missing,
+        weights=weights,
+        device=_check_device(device or _default_device()),
+        progress=not no_progress,
+    )
+    result = run(cfg, out, command=shlex.join(["frb", *sys.argv[1:]]))
+    click.echo(f"results in {result.out} ({result.computed_chunks} chunks computed, {result.resumed_chunks} resumed)")
+    summary = result.curves.groupby(["model", "module", "value"], sort=False)["accuracy"].mean().reset_index()
+    click.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+@main.command("eval")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the per-fold accuracies to this CSV file.")
+@with_options(common_data_options)
+@reports_errors
+def eval_command(out, data_root, cache_dir, models_text, weights_items, folds_text, per_fold, batch_size, device,
+                 skip_missing, no_progress):
+    """Clean verification accuracy under the LFW 10-fold protocol."""
+    from .evaluation.evaluate import evaluate
+    from .results.writer import write_csv
+
+    weights = _parse_weights(weights_items)
+    evaluation = evaluate(
+        models=_models_for(models_text, weights),
+        data_root=resolve_data_root(data_root),
+        cache_dir=resolve_cache_dir(cache_dir),
+        folds=_parse_folds(folds_text),
+        per_fold=per_fold,
+        batch_size=batch_size,
+        device=_check_device(device or _default_device()),
+        skip_missing=skip_missing,
+        weights=weights,
+        progress=not no_progress,
+    )
+    prepared = evaluation.prepared
+    click.echo(
+        f"LFW pairs: {len(prepared.run_pairs)} evaluated, {len(prepared.threshold_pairs)} for thresholds, "
+        f"{len(prepared.skipped)} skipped; {len(prepared.fallback_images)} images without a detected face"
+    )
+    for row in evaluation.summary().itertuples():
+        spread = f" +- {100 * row.accuracy_std:.2f}" if row.folds > 1 else ""
+        click.echo(f"{row.model:<12} {row.module:<6} {100 * row.accuracy_mean:6.2f}%{spread}  ({row.folds} folds, {row.pairs} pairs)")
+    if out is not None:
+        write_csv(out, evaluation.folds)
+        click.echo(f"per-fold accuracies in {out}")
+
+
+@main.command("models")
+def models_command() -> None:
+    """List the models and whether their weights are on disk."""
+    for name, entry in MODELS.items():
+        path = entry.default_weights()
+        state = "available" if path.is_file() else f"weights missing ({path})"
+        click.echo(f"{name:<12} {entry.description}; {state}")
+
+
+def _add_data_group() -> None:
+    from .cli_data import data
+
+    main.add_command(data)
+
+
+_add_data_group()

@@ -1,0 +1,74 @@
+"""`frb eval`: clean 10-fold verification accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..models.registry import load_model
+from ..sweep.clean import clean_result, embed_images
+from ..sweep.prepare import Prepared, prepare_data
+from .protocol import decide, fold_accuracies
+
+
+@dataclass
+class Evaluation:
+    """Per-fold accuracies of each model and module, with the data they came from."""
+
+    folds: pd.DataFrame  # model, module, fold, n_pairs, threshold, accuracy
+    prepared: Prepared
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and sample standard deviation of the fold accuracies, as LFW results are reported."""
+        grouped = self.folds.groupby(["model", "module"], sort=False)
+        return grouped.agg(
+            folds=("fold", "count"),
+            pairs=("n_pairs", "sum"),
+            accuracy_mean=("accuracy", "mean"),
+            accuracy_std=("accuracy", lambda values: float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")),
+        ).reset_index()
+
+
+def evaluate(
+    models: list[str],
+    data_root: Path,
+    cache_dir: Path,
+    folds: list[int] | None = None,
+    per_fold: int | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    skip_missing: bool = False,
+    weights: dict[str, Path] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Score clean pairs and apply the LFW protocol's held-out thresholds."""
+    weights = weights or {}
+    prepared = prepare_data(data_root, cache_dir, folds, per_fold, skip_missing, progress)
+    wanted = {pair.pair_id for pair in prepared.run_pairs}
+    in_run = np.array([pair.pair_id in wanted for pair in prepared.threshold_pairs])
+    labels = np.array([pair.same for pair in prepared.threshold_pairs])[in_run]
+    pair_folds = np.array([pair.fold for pair in prepared.threshold_pairs])[in_run]
+
+    rows = []
+    for name in models:
+        model = load_model(name, weights.get(name), device)
+        embeddings = embed_images(model, prepared.faces, prepared.image_relpaths, batch_size, device, progress)
+        clean = clean_result(model, prepared.threshold_pairs, embeddings)
+        for module, scores in clean.scores.items():
+            thresholds = np.array([clean.thresholds[module][fold] for fold in pair_folds])
+            accuracies = fold_accuracies(decide(scores[in_run], thresholds), labels, pair_folds)
+            for fold, accuracy in accuracies.items():
+                rows.append(
+                    {
+                        "model": name,
+                        "module": module,
+                        "fold": fold,
+                        "n_pairs": int((pair_folds == fold).sum()),
+                        "threshold": clean.thresholds[module][fold],
+                        "accuracy": accuracy,
+                    }
+                )
+    return Evaluation(folds=pd.DataFrame(rows), prepared=prepared)

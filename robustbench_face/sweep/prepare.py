@@ -1,0 +1,79 @@
+"""Loading the pairs and aligned faces a run or an evaluation needs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.faces import FaceStore, load_faces
+from ..data.lfw import LFW, check_images, locate_lfw
+from ..data.pairs import Pair, parse_pairs, select_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Pairs, faces and hashes shared by every model of a run."""
+
+    lfw: LFW
+    threshold_pairs: list[Pair]  # every fold, for the protocol's thresholds
+    run_pairs: list[Pair]  # the folds that are attacked or evaluated
+    skipped: list[Pair]
+    faces: FaceStore
+    data_hash: str
+    fallback_images: list[str] = field(default_factory=list)
+
+    @property
+    def image_relpaths(self) -> list[str]:
+        return self.faces.relpaths
+
+
+def prepare_data(
+    data_root: Path,
+    cache_dir: Path,
+    folds: list[int] | None = None,
+    per_fold: int | None = None,
+    skip_missing: bool = False,
+    progress: bool = True,
+) -> Prepared:
+    """Parse and select pairs, check their images, and align the faces.
+
+    Thresholds need every fold, so all folds are loaded (each limited to
+    `per_fold` pairs); `folds` picks the folds to attack or report.
+    """
+    lfw = locate_lfw(data_root)
+    all_pairs = parse_pairs(lfw.pairs_file)
+    selected = select_pairs(all_pairs, folds=None, per_fold=per_fold)
+    if folds is not None:
+        select_pairs(all_pairs, folds=folds)  # validates the fold ids
+    checked = check_images(lfw, selected, skip_missing=skip_missing)
+    threshold_pairs = checked.pairs
+    wanted = set(folds) if folds is not None else None
+    run_pairs = [pair for pair in threshold_pairs if wanted is None or pair.fold in wanted]
+
+    relpaths = sorted({rel for pair in threshold_pairs for rel in (pair.probe, pair.reference)})
+    faces = load_faces(lfw, relpaths, cache_dir, progress=progress)
+    if faces.fallbacks:
+        log.warning("%d of %d images had no detected face and use the fallback alignment", len(faces.fallbacks), len(relpaths))
+    return Prepared(
+        lfw=lfw,
+        threshold_pairs=threshold_pairs,
+        run_pairs=run_pairs,
+        skipped=checked.skipped,
+        faces=faces,
+        data_hash=data_hash(lfw, relpaths),
+        fallback_images=faces.fallbacks,
+    )
+
+
+def data_hash(lfw: LFW, relpaths: list[str]) -> str:
+    """sha256 over pairs.txt and the bytes of every image used, in path order."""
+    digest = hashlib.sha256()
+    digest.update(lfw.pairs_file.read_bytes())
+    for rel in relpaths:
+        digest.update(rel.encode("utf-8"))
+        digest.update(hashlib.sha256(lfw.image_path(rel).read_bytes()).digest())
+    return digest.hexdigest()
