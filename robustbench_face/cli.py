@@ -104,7 +104,8 @@ def with_options(options):
 @click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: debug).")
 def main(verbose: int) -> None:
     """robustbench-face: adversarial robustness of face verification on LFW."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -53,7 +53,7 @@ class PairClassifier(nn.Module):
         self.thresholds = thresholds.detach().to(device=device, dtype=torch.float32)
 
     def scores(self, probes: torch.Tensor) -> torch.Tensor:
-        """The verifier's score of each probe against its reference."""
+        """Score each probe against its own reference."""
         if probes.shape[0] != self.reference_embeddings.shape[0]:
             raise ValueError(
                 f"got {probes.shape[0]} probes for {self.reference_embeddings.shape[0]} references; "

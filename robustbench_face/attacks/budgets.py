@@ -29,7 +29,7 @@ def parse_range(text: str, option: str, integer: bool = False) -> tuple[float, .
                 raise FrbError(f"{option} {text!r} must be START:STOP:STEP, e.g. 0:0.1:0.01")
             start, stop, step = (float(part) for part in parts)
             if not all(math.isfinite(v) for v in (start, stop, step)):
-                raise FrbError(f"{option} {text!r} holds a non-finite number; use plain decimals")
+                raise FrbError(f"{option} {text!r} contains a non-finite number; use plain decimals")
             if step <= 0:
                 raise FrbError(f"{option} {text!r} has step {step:g}; give a positive step")
             if stop < start:
@@ -41,9 +41,9 @@ def parse_range(text: str, option: str, integer: bool = False) -> tuple[float, .
     except ValueError:
         raise FrbError(f"{option} {text!r} is not a number range; use START:STOP:STEP or a list like 0,0.01,0.03") from None
     if not values:
-        raise FrbError(f"{option} {text!r} holds no values; use START:STOP:STEP or a list like 0,0.01,0.03")
+        raise FrbError(f"{option} {text!r} contains no values; use START:STOP:STEP or a list like 0,0.01,0.03")
     if any(not math.isfinite(v) for v in values):
-        raise FrbError(f"{option} {text!r} holds a non-finite number; use plain decimals")
+        raise FrbError(f"{option} {text!r} contains a non-finite number; use plain decimals")
     if integer:
         if any(v != int(v) for v in values):
             raise FrbError(f"{option} {text!r} must hold whole numbers, e.g. 0:10:1")

@@ -1,8 +1,8 @@
 """Declarative sweep specs: TOML files that name an attack and its budgets.
 
-The specs of the paper's figures ship with the package (the `attacks/`
-folder of the repository); `frb run --spec NAME` loads one of those, and
-`--spec FILE.toml` loads any file of the same shape.
+The specs of the robustness figures of Dammu et al. (2021) ship with the
+package, from the repository's `attacks/` folder. `frb run --spec NAME`
+loads one of those, and `--spec FILE.toml` loads any file of the same shape.
 """
 
 from __future__ import annotations

@@ -106,11 +106,11 @@ def _deepfool_sweep(
     """DeepFool via torchattacks, one pair at a time, reusing steps across budgets.
 
     torchattacks' DeepFool calls the model on one image at a time, so the
-    classifier is given that pair's reference alone. In torchattacks 3.5.1
-    running k steps equals running one step k times (each step adds
-    `(1 + overshoot) * delta` to the current image; a flipped image comes
-    back unchanged), so the sweep takes single steps and records the image
-    after each budget instead of restarting for every budget.
+    classifier is given that pair's reference alone. In torchattacks 3.5.1,
+    running k steps equals running one step k times: each step adds
+    `(1 + overshoot) * delta` to the current image, and a flipped image
+    comes back unchanged. So the sweep takes single steps and records the
+    image after each budget instead of restarting for every budget.
     """
     attack = torchattacks.DeepFool(classifier, steps=1, overshoot=spec.overshoot)
     current = probes.clone()

@@ -40,7 +40,7 @@ class FaceStore:
 def load_faces(lfw: LFW, relpaths: list[str], cache_dir: Path, progress: bool = True) -> FaceStore:
     """Align (or read from the cache) every image in `relpaths`.
 
-    Cache keys are paths relative to the folder that holds pairs.txt, for
+    Cache keys are paths relative to the folder that contains pairs.txt, for
     example "lfw-deepfunneled/Name/Name_0001.jpg", so a cache stays valid
     wherever that folder is moved.
     """

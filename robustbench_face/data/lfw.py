@@ -18,8 +18,8 @@ IMAGE_FOLDERS = ("lfw-deepfunneled", "lfw")
 class LFW:
     """An LFW copy: its image folder and protocol files."""
 
-    root: Path  # the folder that holds pairs.txt
-    images: Path  # the folder that holds <Name>/<Name>_NNNN.jpg
+    root: Path  # the folder that contains pairs.txt
+    images: Path  # the folder that contains <Name>/<Name>_NNNN.jpg
 
     @property
     def pairs_file(self) -> Path:

@@ -34,7 +34,7 @@ FACENET_TEMPLATE_160 = np.array(
 
 
 def cached_weights_path() -> Path:
-    """Where facenet-pytorch 2.5.3 caches the VGGFace2 weights.
+    """Return the path where facenet-pytorch 2.5.3 caches the VGGFace2 weights.
 
     `$TORCH_HOME/checkpoints/`, with TORCH_HOME defaulting to
     `$XDG_CACHE_HOME/torch` or `~/.cache/torch`, as its `get_torch_home`.
@@ -73,7 +73,7 @@ class FaceNet(Verifier):
 
     @classmethod
     def random(cls, seed: int = 0) -> "FaceNet":
-        """A randomly initialised FaceNet, to test the wiring without weights."""
+        """Build a randomly initialised FaceNet, to test the wiring without weights."""
         torch.manual_seed(seed)
         return cls(InceptionResnetV1(pretrained=None).eval())
 
@@ -83,7 +83,7 @@ class FaceNet(Verifier):
 
         When the cache is empty and `download` is set, facenet-pytorch
         downloads them exactly as it does for any user; without internet
-        that fails with an FrbError that says how to get them.
+        that raises an FrbError that explains how to get them.
         """
         network = InceptionResnetV1(pretrained=None)
         path = Path(weights) if weights is not None else cached_weights_path()

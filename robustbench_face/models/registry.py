@@ -81,7 +81,7 @@ def parse_model_names(text: str | None) -> list[str]:
 
 
 def available_models() -> list[str]:
-    """The models whose default weights are present."""
+    """List the models whose default weights are present."""
     return [name for name, entry in MODELS.items() if entry.default_weights().is_file()]
 
 
@@ -97,7 +97,7 @@ def load_model(name: str, weights: Path | None = None, device: str = "cpu") -> V
 
 
 def weights_sha256(name: str, weights: Path | None = None) -> str:
-    """The sha256 of the weights file a model was loaded from."""
+    """Compute the sha256 of the weights file a model is loaded from."""
     path = weights or MODELS[name].default_weights()
     if path.is_dir():
         # dlib-resnet: the tensors live in the folder's .bin file.

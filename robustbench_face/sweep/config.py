@@ -1,4 +1,4 @@
-"""What a run is asked to do, and the hash that identifies it for resuming."""
+"""Run settings, and the hash that identifies a run for resuming."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ class RunConfig:
     progress: bool = True
 
     def identity(self, data_hash: str, weights_hashes: dict[str, str]) -> dict:
-        """The settings that decide the results; batch size, device and
-        progress bars do not."""
+        """Collect the settings that decide the results.
+
+        Batch size, device and progress bars are left out because they do not.
+        """
         return {
             "attack": asdict(self.spec),
             "models": self.models,
@@ -48,6 +50,6 @@ class RunConfig:
 
 
 def identity_hash(identity: dict) -> str:
-    """A short stable hash of a run's identity."""
+    """Hash a run's identity into a short stable id."""
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

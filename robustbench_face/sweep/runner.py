@@ -60,7 +60,7 @@ PAIR_COLUMNS = [
 
 @dataclass
 class RunOutput:
-    """Where a run wrote its results."""
+    """The output folder of a finished run and its curves."""
 
     out: Path
     curves: pd.DataFrame
@@ -112,15 +112,15 @@ def prepared_weights_hash(name: str, cfg: RunConfig) -> str:
 
 
 def _claim_output(out: Path, run_hash: str) -> Path:
-    """Check that `out` is empty or holds this same run, and return its parts folder."""
+    """Check that `out` is empty or contains this same run, and return its parts folder."""
     marker = out / ".frb-run"
     if out.exists() and any(out.iterdir()):
         if not marker.is_file():
-            raise FrbError(f"output folder {out} is not empty and holds no frb run; choose another --out")
+            raise FrbError(f"output folder {out} is not empty and contains no frb run; choose another --out")
         existing = marker.read_text().strip()
         if existing != run_hash:
             raise FrbError(
-                f"output folder {out} holds a run with other settings (run {existing}, this is {run_hash}); "
+                f"output folder {out} contains a run with other settings (run {existing}, this is {run_hash}); "
                 "choose another --out or delete that folder"
             )
     out.mkdir(parents=True, exist_ok=True)
