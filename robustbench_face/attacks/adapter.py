@@ -59,7 +59,7 @@ class PairClassifier(nn.Module):
                 f"got {probes.shape[0]} probes for {self.reference_embeddings.shape[0]} references; "
                 "attack each probe with its own reference (DeepFool: one pair at a time)"
             )
-        probe_embeddings = self.verifier.embed(probes)
+        probe_embeddings = self.verifier.embed_stable(probes)
         return self.verifier.compare(probe_embeddings, self.reference_embeddings)[self.score_name]
 
     def forward(self, probes: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ def embed_images(
     starts = range(0, len(relpaths), batch_size)
     for start in tqdm(starts, desc=f"embed {model.name}", unit="batch", disable=not progress, leave=False):
         batch = relpaths[start : start + batch_size]
-        out = model.embed(faces.tensor(batch).to(device)).cpu()
+        out = model.embed_stable(faces.tensor(batch).to(device)).cpu()
         embeddings.update(zip(batch, out))
     return embeddings
 
