@@ -121,15 +121,17 @@ def main(verbose: int) -> None:
 @click.option("--alpha", type=float, default=None, help="FFGSM step size in pixel scale (default 10/255).")
 @click.option("--overshoot", type=float, default=None, help="DeepFool overshoot (default 0.02).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random starts.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for chunks of pairs; results do not depend on it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: results/<attack>-<run id>); rerunning resumes it.")
 @with_options(common_data_options)
 @reports_errors
-def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed, out, data_root, cache_dir,
+def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed, jobs, out, data_root, cache_dir,
                 models_text, weights_items, folds_text, per_fold, batch_size, device, skip_missing, no_progress):
     """Attack the probe image of LFW pairs over a budget sweep.
 
-    Writes curves.csv, pairs.csv, run.json and curves.png/.pdf.
+    Writes curves.csv, pairs.csv, timings.csv, run.json and curves.png/.pdf.
     """
     from .sweep.config import RunConfig
     from .sweep.runner import run
@@ -166,6 +168,7 @@ def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed,
         weights=weights,
         device=_check_device(device or _default_device()),
         progress=not no_progress,
+        jobs=jobs,
     )
     result = run(cfg, out, command=shlex.join(["frb", *sys.argv[1:]]))
     click.echo(f"results in {result.out} ({result.computed_chunks} chunks computed, {result.resumed_chunks} resumed)")

@@ -70,13 +70,18 @@ def fgsm_sweep(
 
     FGSM's image is `clamp(x + eps * sign(grad), 0, 1)` with the gradient
     taken at the clean probe, so the sign does not depend on eps and one
-    backward pass serves the whole sweep. The loss is torchattacks 3.5.1's
-    (mean cross-entropy over the batch), so every image equals what
-    `torchattacks.FGSM(model, eps)` returns for the same batch.
+    backward pass serves the whole sweep.
+
+    torchattacks 3.5.1 averages the cross-entropy over the batch; this sums
+    it. Both give the same signs, but scaling by 1/N rounds differently for
+    each N, which can flip the sign of a gradient element within rounding
+    of zero. The sum keeps every pair's image independent of the batch. For
+    a batch whose size is a power of two, the scaling is exact and the
+    images equal `torchattacks.FGSM(model, eps)` bit for bit.
     """
     started = time.perf_counter()
     images = probes.clone().detach().requires_grad_(True)
-    loss = nn.functional.cross_entropy(classifier(images), labels)
+    loss = nn.functional.cross_entropy(classifier(images), labels, reduction="sum")
     sign = torch.autograd.grad(loss, images)[0].sign()
     # The one gradient is shared, so its time is split evenly over the sweep.
     gradient_seconds = (time.perf_counter() - started) / len(eps_values)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import align_paths
+from .align import AlignerSettings, align_paths
 from .lfw import LFW
 
 
@@ -24,6 +24,8 @@ class FaceStore:
     crops: torch.Tensor
     landmarks: np.ndarray  # (N, 5, 2) in crop pixels
     fallbacks: list[str] = field(default_factory=list)
+    # Digest of the aligner settings, so caches of derived values can key on it.
+    settings_digest: str = ""
 
     def __post_init__(self) -> None:
         self._index = {rel: i for i, rel in enumerate(self.relpaths)}
@@ -32,6 +34,11 @@ class FaceStore:
         """Float crops (len(relpaths), 3, 160, 160) in [0, 1]."""
         rows = torch.tensor([self._index[rel] for rel in relpaths], dtype=torch.long)
         return self.crops.index_select(0, rows).float().div_(255.0)
+
+    def crops_of(self, relpaths: list[str]) -> torch.Tensor:
+        """The uint8 crops (len(relpaths), 3, 160, 160) as stored."""
+        rows = torch.tensor([self._index[rel] for rel in relpaths], dtype=torch.long)
+        return self.crops.index_select(0, rows)
 
     def landmarks_of(self, relpaths: list[str]) -> np.ndarray:
         return self.landmarks[[self._index[rel] for rel in relpaths]]
@@ -49,4 +56,10 @@ def load_faces(lfw: LFW, relpaths: list[str], cache_dir: Path, progress: bool = 
     crops = torch.from_numpy(np.stack([face.crop for face in faces])).permute(0, 3, 1, 2).contiguous()
     landmarks = np.stack([face.landmarks for face in faces]).astype(np.float32)
     fallbacks = [rel for rel, face in zip(relpaths, faces) if face.fallback]
-    return FaceStore(relpaths=list(relpaths), crops=crops, landmarks=landmarks, fallbacks=fallbacks)
+    return FaceStore(
+        relpaths=list(relpaths),
+        crops=crops,
+        landmarks=landmarks,
+        fallbacks=fallbacks,
+        settings_digest=AlignerSettings().digest(),
+    )

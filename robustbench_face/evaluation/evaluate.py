@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..models.registry import load_model
-from ..sweep.clean import clean_result, embed_images
+from ..models.registry import load_model, weights_sha256
+from ..sweep.clean import cached_clean
 from ..sweep.prepare import Prepared, prepare_data
 from .protocol import decide, fold_accuracies
 
@@ -55,8 +55,10 @@ def evaluate(
     rows = []
     for name in models:
         model = load_model(name, weights.get(name), device)
-        embeddings = embed_images(model, prepared.faces, prepared.image_relpaths, batch_size, device, progress)
-        clean = clean_result(model, prepared.threshold_pairs, embeddings)
+        _, clean = cached_clean(
+            model, weights_sha256(name, weights.get(name)), prepared.faces, prepared.threshold_pairs,
+            cache_dir, batch_size, progress,
+        )
         for module, scores in clean.scores.items():
             thresholds = np.array([clean.thresholds[module][fold] for fold in pair_folds])
             accuracies = fold_accuracies(decide(scores[in_run], thresholds), labels, pair_folds)

@@ -15,7 +15,6 @@ CURVE_COLUMNS = CURVE_KEYS + [
     "linf_mean",
     "linf_max",
     "l2_mean",
-    "seconds",
 ]
 
 
@@ -35,7 +34,6 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
             "linf_mean": group["linf"].mean(),
             "linf_max": group["linf"].max(),
             "l2_mean": group["l2"].mean(),
-            "seconds": group["seconds"].sum(),
         }
     )
 
@@ -49,3 +47,13 @@ def summarise_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=CURVE_COLUMNS)
     frame["n_pairs"] = frame["n_pairs"].astype(int)
     return frame
+
+
+def summarise_timings(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Attack seconds per model, module, budget and fold.
+
+    Timings live in their own file because they change from run to run,
+    while curves.csv and pairs.csv are byte-identical for the same seed.
+    """
+    timings = pairs.groupby(CURVE_KEYS, sort=True)["seconds"].sum().reset_index()
+    return timings

@@ -31,11 +31,12 @@ class RunConfig:
     weights: dict[str, Path] = field(default_factory=dict)
     device: str = "cpu"
     progress: bool = True
+    jobs: int = 1
 
     def identity(self, data_hash: str, weights_hashes: dict[str, str]) -> dict:
         """Collect the settings that decide the results.
 
-        Batch size, device and progress bars are left out because they do not.
+        Batch size, jobs, the device index and progress bars are left out because they do not.
         """
         return {
             "attack": asdict(self.spec),
@@ -43,6 +44,8 @@ class RunConfig:
             "folds": self.folds,
             "per_fold": self.per_fold,
             "seed": self.seed,
+            # CPU and GPU kernels round differently, so their results differ slightly.
+            "device": self.device.split(":")[0],
             "skip_missing": self.skip_missing,
             "data": data_hash,
             "weights": weights_hashes,
