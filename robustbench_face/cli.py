@@ -172,7 +172,8 @@ def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed,
     )
     result = run(cfg, out, command=shlex.join(["frb", *sys.argv[1:]]))
     click.echo(f"results in {result.out} ({result.computed_chunks} chunks computed, {result.resumed_chunks} resumed)")
-    summary = result.curves.groupby(["model", "module", "value"], sort=False)["accuracy"].mean().reset_index()
+    keys = ["model", "module", "attacked", "value"]
+    summary = result.curves.groupby(keys, sort=False)["accuracy"].mean().reset_index()
     click.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 

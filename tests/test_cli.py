@@ -49,7 +49,7 @@ def test_run_writes_all_outputs(fgsm_run: Path) -> None:
 def test_curves_have_one_row_per_budget(fgsm_run: Path) -> None:
     curves = pd.read_csv(fgsm_run / "curves.csv")
     required = [
-        "model", "module", "attack", "param", "value", "fold", "n_pairs", "accuracy", "accuracy_matched",
+        "model", "module", "attacked", "attack", "param", "value", "fold", "n_pairs", "accuracy", "accuracy_matched",
         "accuracy_mismatched", "attack_success_rate", "linf_mean", "linf_max", "l2_mean",
     ]
     assert list(curves.columns[: len(required)]) == required
@@ -64,7 +64,8 @@ def test_curves_have_one_row_per_budget(fgsm_run: Path) -> None:
 def test_pairs_csv_rows_per_pair_and_budget(fgsm_run: Path) -> None:
     pairs = pd.read_csv(fgsm_run / "pairs.csv")
     assert len(pairs) == 6 * 3
-    assert not pairs.duplicated(["model", "module", "value", "pair_id"]).any()
+    assert not pairs.duplicated(["model", "module", "attacked", "value", "pair_id"]).any()
+    assert (pairs["attacked"] == pairs["module"]).all()
     assert set(pairs["fold"]) == {1}
     clean = pairs[pairs["value"] == 0]
     assert (clean["correct"] == clean["clean_correct"]).all()

@@ -52,15 +52,19 @@ class PairClassifier(nn.Module):
         self.reference_embeddings = reference_embeddings.detach().to(device)
         self.thresholds = thresholds.detach().to(device=device, dtype=torch.float32)
 
-    def scores(self, probes: torch.Tensor) -> torch.Tensor:
-        """Score each probe against its own reference."""
+    def all_scores(self, probes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Score each probe against its own reference, under every score of the verifier."""
         if probes.shape[0] != self.reference_embeddings.shape[0]:
             raise ValueError(
                 f"got {probes.shape[0]} probes for {self.reference_embeddings.shape[0]} references; "
                 "attack each probe with its own reference (DeepFool: one pair at a time)"
             )
         probe_embeddings = self.verifier.embed_stable(probes)
-        return self.verifier.compare(probe_embeddings, self.reference_embeddings)[self.score_name]
+        return self.verifier.compare(probe_embeddings, self.reference_embeddings)
+
+    def scores(self, probes: torch.Tensor) -> torch.Tensor:
+        """Score each probe against its own reference, under the attacked score."""
+        return self.all_scores(probes)[self.score_name]
 
     def forward(self, probes: torch.Tensor) -> torch.Tensor:
         margin = (self.thresholds - self.scores(probes)) / 2

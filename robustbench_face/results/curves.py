@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CURVE_KEYS = ["model", "module", "attack", "param", "value", "fold"]
+# `module` is whose decision is scored and `attacked` is the score the
+# attack targeted; they differ for a module scored on images made by
+# attacking its whole model.
+CURVE_KEYS = ["model", "module", "attacked", "attack", "param", "value", "fold"]
 CURVE_COLUMNS = CURVE_KEYS + [
     "n_pairs",
     "accuracy",

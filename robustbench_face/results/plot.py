@@ -23,7 +23,9 @@ def plot_curves(curves: pd.DataFrame, stem: Path) -> list[Path]:
     fold). Writes `<stem>.png` and `<stem>.pdf` and returns their paths.
     """
     frame = curves.copy()
-    frame["model / module"] = frame["model"] + " / " + frame["module"]
+    label = frame["model"] + " / " + frame["module"]
+    cross = frame["attacked"] != frame["module"]
+    frame["model / module"] = label.where(~cross, label + " (attack on " + frame["attacked"] + ")")
     attack = ", ".join(sorted(frame["attack"].unique()))
     param = ", ".join(sorted(frame["param"].unique()))
 

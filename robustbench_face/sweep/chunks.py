@@ -24,6 +24,7 @@ from ..models.registry import load_model
 PAIR_COLUMNS = [
     "model",
     "module",
+    "attacked",
     "attack",
     "param",
     "value",
@@ -84,7 +85,7 @@ def attack_chunk(task: ChunkTask, model: Verifier | None = None) -> pd.DataFrame
             rows = slice(start, start + task.batch_size)
             frames.append(_attack_batch(task, model, classifier, rows))
     frame = pd.concat(frames, ignore_index=True)
-    return frame.sort_values(["module", "value", "pair_id"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["attacked", "module", "value", "pair_id"], kind="stable").reset_index(drop=True)
 
 
 def _attack_batch(task: ChunkTask, model: Verifier, classifier: PairClassifier, rows: slice) -> pd.DataFrame:
@@ -96,42 +97,53 @@ def _attack_batch(task: ChunkTask, model: Verifier, classifier: PairClassifier, 
     thresholds = torch.tensor(task.thresholds[classifier.score_name][rows], dtype=torch.float32)
     pair_ids = [pair.pair_id for pair in batch]
 
+    # Whose decisions are scored: the attacked score itself and, when the
+    # whole model is attacked, each of its modules too.
+    scored = [classifier.score_name]
+    if classifier.score_name == model.score_names[0]:
+        scored += list(model.score_names[1:])
+    score_thresholds = {
+        name: np.asarray(task.thresholds[name][rows], dtype=np.float64) for name in scored
+    }
+    truth = np.array([pair.same for pair in batch])
+
     classifier.set_references(references, thresholds)
     with torch.no_grad():
-        clean_scores = classifier.scores(probes).cpu().numpy()
-    threshold_values = thresholds.numpy().astype(np.float64)
-    truth = np.array([pair.same for pair in batch])
-    clean_correct = (clean_scores < threshold_values) == truth
+        clean_scores = {name: value.cpu().numpy() for name, value in classifier.all_scores(probes).items()}
+    clean_correct = {name: (clean_scores[name] < score_thresholds[name]) == truth for name in scored}
 
     records = []
     sweep = run_sweep(task.spec, classifier, probes, labels, references, thresholds, pair_ids, task.seed)
     for value, adv, seconds in sweep:
         classifier.set_references(references, thresholds)
         with torch.no_grad():
-            scores = classifier.scores(adv).cpu().numpy()
+            all_scores = {name: score.cpu().numpy() for name, score in classifier.all_scores(adv).items()}
         delta = (adv - probes).flatten(1)
         linf = delta.abs().amax(dim=1).cpu().numpy()
         l2 = torch.linalg.vector_norm(delta, dim=1).cpu().numpy()
-        decision = scores < threshold_values
-        for i, pair in enumerate(batch):
-            records.append(
-                {
-                    "model": model.name,
-                    "module": classifier.score_name,
-                    "attack": task.spec.attack,
-                    "param": task.spec.param,
-                    "value": value,
-                    "pair_id": pair.pair_id,
-                    "fold": pair.fold,
-                    "label": pair.label,
-                    "score": float(scores[i]),
-                    "threshold": float(threshold_values[i]),
-                    "decision": int(decision[i]),
-                    "correct": int(decision[i] == pair.same),
-                    "clean_correct": int(clean_correct[i]),
-                    "linf": float(linf[i]),
-                    "l2": float(l2[i]),
-                    "seconds": seconds / len(batch),
-                }
-            )
+        for name in scored:
+            scores = all_scores[name]
+            decision = scores < score_thresholds[name]
+            for i, pair in enumerate(batch):
+                records.append(
+                    {
+                        "model": model.name,
+                        "module": name,
+                        "attacked": classifier.score_name,
+                        "attack": task.spec.attack,
+                        "param": task.spec.param,
+                        "value": value,
+                        "pair_id": pair.pair_id,
+                        "fold": pair.fold,
+                        "label": pair.label,
+                        "score": float(scores[i]),
+                        "threshold": float(score_thresholds[name][i]),
+                        "decision": int(decision[i]),
+                        "correct": int(decision[i] == pair.same),
+                        "clean_correct": int(clean_correct[name][i]),
+                        "linf": float(linf[i]),
+                        "l2": float(l2[i]),
+                        "seconds": seconds / len(batch),
+                    }
+                )
     return pd.DataFrame(records, columns=[*PAIR_COLUMNS, "seconds"])

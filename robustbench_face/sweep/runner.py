@@ -163,7 +163,7 @@ def _assemble_parts(parts_dir: Path, models: list[str]) -> pd.DataFrame:
     pairs = pd.concat(frames, ignore_index=True)
     order = {name: i for i, name in enumerate(models)}
     pairs = pairs.sort_values(
-        ["model", "module", "value", "pair_id"],
+        ["model", "attacked", "module", "value", "pair_id"],
         key=lambda column: column.map(order) if column.name == "model" else column,
         kind="stable",
     )
