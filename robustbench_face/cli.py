@@ -214,6 +214,29 @@ def eval_command(out, data_root, cache_dir, models_text, weights_items, folds_te
         click.echo(f"per-fold accuracies in {out}")
 
 
+@main.command("check")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Reference curves (a curves.csv, e.g. from baselines/).")
+@click.option("--tolerance", type=float, default=0.02, show_default=True,
+              help="Largest allowed accuracy drop below the baseline, as a fraction.")
+@reports_errors
+def check_command(run_dir: Path, baseline: Path, tolerance: float) -> None:
+    """Compare a run's curves.csv with a baseline; exit 1 on a robustness regression."""
+    from .results.check import check_against_baseline
+
+    result = check_against_baseline(run_dir / "curves.csv", baseline, tolerance)
+    failed = result.rows[~result.rows["passed"]]
+    for row in failed.itertuples():
+        click.echo(
+            f"REGRESSION {row.model}/{row.module} {row.attack} {row.param}={row.value:g} fold {row.fold}: "
+            f"accuracy {row.accuracy_run:.4f} < baseline {row.accuracy_baseline:.4f} - {tolerance:g}"
+        )
+    click.echo(f"{len(result.rows) - len(failed)} of {len(result.rows)} baseline rows within {tolerance:g} of {baseline}")
+    if not result.passed:
+        sys.exit(1)
+
+
 @main.command("models")
 def models_command() -> None:
     """List the models and whether their weights are on disk."""
