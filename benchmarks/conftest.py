@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import cache_dir, data_root, lfw_data_root  # noqa: E402,F401  (shared fixtures)
+from tests.conftest import cache_dir, data_root  # noqa: F401  (shared fixtures)
 
 BENCH_PAIRS = 32
 

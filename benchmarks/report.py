@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into the Markdown table of docs/benchmarks.md.
 
-Usage: python benchmarks/report.py benchmarks/last.json > docs/benchmarks.md
+Usage: python benchmarks/report.py /tmp/bench.json > docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main(path: str) -> None:
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
           f"{machine.get('cpu', {}).get('count', '?')} logical cores; Python {machine.get('python_version', '?')}; "
           f"run {data.get('datetime', '?')[:19]}.\n")
-    print("Command: `python -m pytest benchmarks --benchmark-json=benchmarks/last.json` "
-          "then `python benchmarks/report.py benchmarks/last.json`.\n")
+    print("Command: `python -m pytest benchmarks --benchmark-json=/tmp/bench.json` "
+          "then `python benchmarks/report.py /tmp/bench.json`.\n")
     print("Times are medians of 3 rounds, in seconds, on 32 fold-1 LFW pairs at batch 32 "
           "(DeepFool: 8 pairs). Every sweep scores each budget with one forward pass. "
           "The floor is one forward plus backward pass per gradient step plus one forward pass per budget.\n")

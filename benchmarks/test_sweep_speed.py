@@ -3,7 +3,7 @@
 Run on demand (not part of the default test run):
 
     python -m pytest benchmarks --benchmark-json=benchmarks/last.json
-    python benchmarks/report.py benchmarks/last.json > docs/benchmarks.md
+    python benchmarks/report.py /tmp/bench.json > docs/benchmarks.md
 
 Every benchmark scores each sweep point with one forward pass, as a run
 does, so the times compare whole sweeps. The floor is one forward plus

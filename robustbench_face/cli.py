@@ -19,6 +19,10 @@ from .models.registry import MODELS, available_models, parse_model_names
 from .paths import resolve_cache_dir, resolve_data_root
 
 
+# LFW accuracy reported by Dammu et al. (PSTCI 2021) for MSN trained on VGGFace2.
+PAPER_ACCURACY = {"msn": 98.5, "eyes": 80.8, "nose": 73.2, "mouth": 74.5, "rest": 78.3}
+
+
 def _parse_folds(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -204,11 +208,17 @@ def eval_command(out, data_root, cache_dir, models_text, weights_items, folds_te
     prepared = evaluation.prepared
     click.echo(
         f"LFW pairs: {len(prepared.run_pairs)} evaluated, {len(prepared.threshold_pairs)} for thresholds, "
-        f"{len(prepared.skipped)} skipped; {len(prepared.fallback_images)} images without a detected face"
+        f"{len(prepared.skipped)} skipped; images without a detected face: {len(prepared.fallback_images)}"
     )
+    paper = PAPER_ACCURACY if any(name == "msn" for name in evaluation.folds["model"]) else {}
     for row in evaluation.summary().itertuples():
         spread = f" +- {100 * row.accuracy_std:.2f}" if row.folds > 1 else ""
-        click.echo(f"{row.model:<12} {row.module:<6} {100 * row.accuracy_mean:6.2f}%{spread}  ({row.folds} folds, {row.pairs} pairs)")
+        folds = "1 fold" if row.folds == 1 else f"{row.folds} folds"
+        reference = f"  (paper: {paper[row.module]:.1f}%)" if row.model == "msn" and row.module in paper else ""
+        click.echo(
+            f"{row.model:<12} {row.module:<6} {100 * row.accuracy_mean:6.2f}%{spread}  ({folds}, {row.pairs} pairs)"
+            f"{reference}"
+        )
     if out is not None:
         write_csv(out, evaluation.folds)
         click.echo(f"per-fold accuracies in {out}")
@@ -246,10 +256,12 @@ def models_command() -> None:
         click.echo(f"{name:<12} {entry.description}; {state}")
 
 
-def _add_data_group() -> None:
+def _add_command_groups() -> None:
     from .cli_data import data
+    from .cli_train import train
 
     main.add_command(data)
+    main.add_command(train)
 
 
-_add_data_group()
+_add_command_groups()

@@ -187,6 +187,11 @@ def test_eval_reports_accuracy(data_root: Path, cache_dir: Path, tmp_path: Path)
         (("--attack", "fgsm", "--weights", "facenet"), "must be NAME=PATH"),
         (("--attack", "fgsm", "--device", "tpu"), "--device 'tpu' is not supported"),
         (("--spec", "nope"), "unknown spec 'nope'"),
+        (("--attack", "deepfool", "--overshoot", "nan"), "--overshoot nan is invalid"),
+        (("--attack", "fgsm", "--eps", "0:1:0.0000001"), "gives 10000001 budgets; give at most 1000"),
+        (("--attack", "deepfool", "--steps", "5000"), "--steps value 5000 is above 1000"),
+        (("--attack", "fgsm", "--models", "facenet", "--weights", "facenet=/nonexistent/w.pt"),
+         "FaceNet weights file /nonexistent/w.pt not found"),
         ((), "no attack given"),
     ],
 )
@@ -256,3 +261,12 @@ def test_foreign_output_folder_is_refused(data_root: Path, cache_dir: Path, tmp_
     assert result.exit_code == 2
     assert "is not empty and contains no frb run" in result.output
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_unwritable_output_folder(data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, run_args(data_root, cache_dir, blocker / "out", "--attack", "fgsm", "--eps", "0"))
+    assert result.exit_code == 2
+    assert "cannot create output folder" in result.output
+    assert result.output.strip().count("\n") == 0

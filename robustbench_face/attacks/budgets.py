@@ -10,6 +10,10 @@ from ..errors import FrbError
 # Each attack's budget parameter, as torchattacks names it.
 BUDGET_PARAMETER = {"fgsm": "eps", "ffgsm": "eps", "deepfool": "steps"}
 
+# Limits that catch a typo such as --eps 0:1:0.0000001 before it runs for days.
+MAX_BUDGETS = 1000
+MAX_STEPS = 1000
+
 # torchattacks' defaults.
 DEFAULT_ALPHA = 10 / 255
 DEFAULT_OVERSHOOT = 0.02
@@ -35,6 +39,8 @@ def parse_range(text: str, option: str, integer: bool = False) -> tuple[float, .
             if stop < start:
                 raise FrbError(f"{option} {text!r} stops before it starts; give STOP >= START")
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > MAX_BUDGETS:
+                raise FrbError(f"{option} {text!r} gives {count} budgets; give at most {MAX_BUDGETS}, e.g. a larger step")
             values = [round(start + i * step, 10) for i in range(count)]
         else:
             values = [round(float(part), 10) for part in text.split(",") if part.strip()]
@@ -74,10 +80,17 @@ class AttackSpec:
             raise FrbError(f"--eps value {bad:g} is outside [0, 1]; eps is in pixel scale [0, 1], e.g. 0:0.1:0.01")
         if self.param == "steps" and any(v < 0 for v in self.values):
             raise FrbError(f"--steps value {min(self.values)} is negative; give 0 or more steps")
-        if not 0 < self.alpha <= 1:
+        if not (math.isfinite(self.alpha) and 0 < self.alpha <= 1):
             raise FrbError(f"--alpha {self.alpha:g} is outside (0, 1]; alpha is a step in pixel scale, e.g. 0.0392")
-        if self.overshoot < 0:
-            raise FrbError(f"--overshoot {self.overshoot:g} is negative; give 0 or more (default 0.02)")
+        if not math.isfinite(self.overshoot) or self.overshoot < 0:
+            raise FrbError(f"--overshoot {self.overshoot:g} is invalid; give a finite number of 0 or more (default 0.02)")
+
+        if len(self.values) > MAX_BUDGETS:
+            raise FrbError(
+                f"--{self.param} asks for {len(self.values)} budgets; give at most {MAX_BUDGETS}, e.g. a larger step"
+            )
+        if self.param == "steps" and max(self.values) > MAX_STEPS:
+            raise FrbError(f"--steps value {max(self.values)} is above {MAX_STEPS}; DeepFool converges in far fewer steps")
 
     @property
     def param(self) -> str:

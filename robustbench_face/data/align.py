@@ -342,6 +342,8 @@ class AlignmentCache:
         """Return the file that stores the image at relative path `key`."""
         return self.root / f"{key}.npz"
 
+    # NOTE: entries are keyed by path and aligner settings only, so an image
+    # replaced in place keeps its old crop until the cache folder is deleted.
     def load(self, key: str) -> AlignedFace | None:
         """Return the cached face, or None if it is missing or damaged (with a warning)."""
         path = self.entry_path(key)

@@ -7,7 +7,11 @@ stays fixed when that fold is attacked.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -49,6 +53,9 @@ def fold_thresholds(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -
     folds = np.asarray(folds)
     thresholds: dict[int, float] = {}
     unique_folds = sorted(int(fold) for fold in np.unique(folds))
+    if len(unique_folds) == 1:
+        log.warning("only fold %d is present, so its threshold is chosen on itself and accuracy is optimistic",
+                    unique_folds[0])
     for fold in unique_folds:
         train = folds != fold if len(unique_folds) > 1 else np.ones_like(folds, dtype=bool)
         thresholds[fold] = best_threshold(np.asarray(scores)[train], np.asarray(labels)[train])

@@ -119,7 +119,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # torch raises many types for a corrupt file
         raise FrbError(
             f"FaceNet weights file {path} is not a readable PyTorch state dict ({type(err).__name__}); "
-            f"delete it and {missing_weights_hint()}"
+            f"replace it with a complete copy: {missing_weights_hint()}"
         ) from None
     if not isinstance(state, dict):
         raise FrbError(f"FaceNet weights file {path} does not hold a state dict; {missing_weights_hint()}")

@@ -53,11 +53,29 @@ def _facenet_weights() -> Path:
     return cached_weights_path()
 
 
+def _load_msn(weights: Path | None) -> Verifier:
+    from .msn.network import MSN
+
+    return MSN.pretrained(weights)
+
+
+def _msn_weights() -> Path:
+    from .msn.network import DEFAULT_WEIGHTS
+
+    return DEFAULT_WEIGHTS
+
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry("dlib-resnet", "dlib's ResNet metric network, 128-d (weights ship with the package)", _load_dlib, _dlib_weights),
         ModelEntry("facenet", "facenet-pytorch InceptionResnetV1, VGGFace2 weights", _load_facenet, _facenet_weights),
+        ModelEntry(
+            "msn",
+            "Modular Siamese Network (eyes, nose, mouth, rest), trained on LFW folds 1-9",
+            _load_msn,
+            _msn_weights,
+        ),
     )
 }
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import FrbError
+
 # Six significant digits keep the CSVs readable and stable across runs.
 FLOAT_FORMAT = "%.6g"
 
@@ -22,8 +24,11 @@ def _current_umask() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise FrbError(f"cannot write {path} ({err.strerror}); choose another output path") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

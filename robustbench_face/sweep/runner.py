@@ -53,6 +53,9 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     started = time.time()
     torch.manual_seed(cfg.seed)
     prepared = prepare_data(cfg.data_root, cfg.cache_dir, cfg.folds, cfg.per_fold, cfg.skip_missing, cfg.progress)
+    # Load every model before touching the output folder, so that missing or
+    # corrupt weights fail without leaving a half-made run behind.
+    models = {name: load_model(name, cfg.weights.get(name), cfg.device) for name in cfg.models}
     weights_hashes = {name: weights_sha256(name, cfg.weights.get(name)) for name in cfg.models}
     identity = cfg.identity(prepared.data_hash, weights_hashes)
     run_hash = identity_hash(identity)
@@ -60,8 +63,7 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     parts_dir = _claim_output(out, run_hash)
 
     resumed = computed = 0
-    for name in cfg.models:
-        model = load_model(name, cfg.weights.get(name), cfg.device)
+    for name, model in models.items():
         tasks = _chunk_tasks(cfg, name, model, weights_hashes[name], prepared)
         todo = {index: task for index, task in enumerate(tasks) if not _part_path(parts_dir, name, index).is_file()}
         resumed += len(tasks) - len(todo)
@@ -148,10 +150,13 @@ def _claim_output(out: Path, run_hash: str) -> Path:
                 f"output folder {out} contains a run with other settings (run {existing}, this is {run_hash}); "
                 "choose another --out or delete that folder"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run_hash + "\n")
-    parts = out / ".parts"
-    parts.mkdir(exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(run_hash + "\n")
+        parts = out / ".parts"
+        parts.mkdir(exist_ok=True)
+    except OSError as err:
+        raise FrbError(f"cannot create output folder {out} ({err.strerror}); choose another --out") from None
     return parts
 
 

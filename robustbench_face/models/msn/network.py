@@ -108,10 +108,17 @@ class RegionAutoencoder(nn.Module):
 
 
 class SiameseHead(nn.Module):
-    """Four fully connected layers with ELU between them, then L2 normalisation."""
+    """Standardisation of the latent code, four fully connected layers with ELU between them, then L2 normalisation.
+
+    The encoder's latent values are in the hundreds, so training sets
+    `latent_mean` and `latent_scale` to their per-dimension mean and
+    standard deviation before it trains the layers.
+    """
 
     def __init__(self, arch: MSNArchitecture) -> None:
         super().__init__()
+        self.register_buffer("latent_mean", torch.zeros(arch.latent_dim))
+        self.register_buffer("latent_scale", torch.ones(arch.latent_dim))
         widths = (arch.latent_dim, *arch.head_widths)
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:]):
@@ -120,7 +127,7 @@ class SiameseHead(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.layers(latent), dim=1)
+        return F.normalize(self.layers((latent - self.latent_mean) / self.latent_scale), dim=1)
 
 
 class RegionModule(nn.Module):

@@ -1,0 +1,1 @@
+"""The Modular Siamese Network: region masks, the network and its training."""
