@@ -2,7 +2,7 @@
 
 Run on demand (not part of the default test run):
 
-    python -m pytest benchmarks --benchmark-json=benchmarks/last.json
+    python -m pytest benchmarks --benchmark-json=/tmp/bench.json
     python benchmarks/report.py /tmp/bench.json > docs/benchmarks.md
 
 Every benchmark scores each sweep point with one forward pass, as a run

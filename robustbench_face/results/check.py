@@ -22,16 +22,16 @@ class CheckResult:
         return bool(self.rows["passed"].all())
 
 
-def _read_curves(path: Path, what: str) -> pd.DataFrame:
+def _read_curves(path: Path, label: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
-        raise FrbError(f"{what} {path} not found; give a curves.csv written by `frb run`") from None
+        raise FrbError(f"{label} {path} not found; give a curves.csv written by `frb run`") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise FrbError(f"{what} {path} is not a readable CSV ({err}); give a curves.csv written by `frb run`") from None
+        raise FrbError(f"{label} {path} is not a readable CSV ({err}); give a curves.csv written by `frb run`") from None
     missing = [column for column in [*CURVE_KEYS, "accuracy"] if column not in frame.columns]
     if missing:
-        raise FrbError(f"{what} {path} has no column {missing[0]!r}; give a curves.csv written by `frb run`")
+        raise FrbError(f"{label} {path} has no column {missing[0]!r}; give a curves.csv written by `frb run`")
     return frame[[*CURVE_KEYS, "accuracy"]]
 
 
