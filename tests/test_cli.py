@@ -73,7 +73,7 @@ def test_pairs_csv_rows_per_pair_and_budget(fgsm_run: Path) -> None:
 
 def test_run_record(fgsm_run: Path) -> None:
     record = json.loads((fgsm_run / "run.json").read_text())
-    assert record["command"].startswith("frb ")
+    assert record["command"].startswith("frb")
     assert record["seed"] == 0
     assert record["versions"]["torchattacks"] == "3.5.1"
     assert len(record["settings"]["weights"]["dlib-resnet"]) == 64
