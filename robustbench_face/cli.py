@@ -247,6 +247,43 @@ def check_command(run_dir: Path, baseline: Path, tolerance: float) -> None:
         sys.exit(1)
 
 
+@main.group("figures")
+def figures_group() -> None:
+    """Draw the figures of the MSN paper from the shipped model."""
+
+
+@figures_group.command("reconstructions")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder that contains lfw/ (default: $FRB_DATA_ROOT, else a user cache folder).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache for aligned faces (default: $FRB_CACHE_DIR, else a user cache folder).")
+@click.option("--count", type=click.IntRange(1, 20), default=4, show_default=True,
+              help="Number of faces, taken from the matched pairs of fold 10 (people MSN did not train on).")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="MSN checkpoint (default: the shipped one).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results/reconstructions.png"),
+              show_default=True, help="Output file; a PDF is written beside the PNG.")
+@reports_errors
+def reconstructions_command(data_root, cache_dir, count, weights_path, out) -> None:
+    """Input, masked targets and each MSN module's reconstruction for a few LFW faces."""
+    from .data.faces import load_faces
+    from .data.lfw import locate_lfw
+    from .data.pairs import parse_pairs, select_pairs
+    from .models.registry import load_model
+    from .results.reconstructions import plot_reconstructions
+
+    lfw = locate_lfw(resolve_data_root(data_root))
+    all_pairs = parse_pairs(lfw.pairs_file)
+    pairs = select_pairs(all_pairs, folds=[max(pair.fold for pair in all_pairs)])
+    # One face per person, so that the rows show different people.
+    first_probe_by_person = {pair.probe.split("/")[0]: pair.probe for pair in reversed(pairs) if pair.same}
+    relpaths = list(reversed(first_probe_by_person.values()))[:count]
+    faces = load_faces(lfw, relpaths, resolve_cache_dir(cache_dir), progress=False)
+    model = load_model("msn", weights_path)
+    written = plot_reconstructions(model, faces, relpaths, out.with_suffix(""))
+    click.echo("wrote " + ", ".join(str(path) for path in written))
+
+
 @main.command("models")
 def models_command() -> None:
     """List the models and whether their weights are on disk."""

@@ -278,8 +278,11 @@ class MSN(Verifier):
             raise FrbError(f"MSN weights not found: {file}; train them with `frb train msn` or pass an existing path")
         try:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError) as error:
-            raise FrbError(f"{file}: cannot read MSN weights ({error}); retrain them with `frb train msn`") from error
+        except Exception as error:  # torch raises many types for a corrupt file, UnpicklingError among them
+            raise FrbError(
+                f"{file}: cannot read MSN weights ({type(error).__name__}); "
+                "pass a checkpoint written by `frb train msn`"
+            ) from None
         model = cls.from_checkpoint(checkpoint, source=str(file))
         model.requires_grad_(False)
         model.eval()
