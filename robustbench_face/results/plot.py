@@ -44,14 +44,20 @@ def plot_curves(curves: pd.DataFrame, stem: Path) -> list[Path]:
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
 
+    written = save_figure(figure, stem)
+    plt.close(figure)
+    return written
+
+
+def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
+    """Write `<stem>.png` and `<stem>.pdf` atomically and return their paths."""
     written = []
     for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
         buffer = io.BytesIO()
-        # A fixed creation date keeps the PDF identical across reruns.
+        # Without creation dates the files are identical across reruns.
         metadata = {"CreationDate": None} if suffix == ".pdf" else {"Software": None}
         figure.savefig(buffer, format=suffix[1:], dpi=150, metadata=metadata)
+        path = stem.with_suffix(suffix)
         atomic_write_bytes(path, buffer.getvalue())
         written.append(path)
-    plt.close(figure)
     return written

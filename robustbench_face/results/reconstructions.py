@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +15,7 @@ import torch  # noqa: E402
 from ..data.faces import FaceStore  # noqa: E402
 from ..models.msn.network import MSN  # noqa: E402
 from ..models.msn.regions import REGION_NAMES, region_masks, scale_landmarks  # noqa: E402
-from .writer import atomic_write_bytes  # noqa: E402
+from .plot import save_figure  # noqa: E402
 
 
 def _to_image(tensor: torch.Tensor) -> np.ndarray:
@@ -55,13 +54,6 @@ def plot_reconstructions(model: MSN, faces: FaceStore, relpaths: list[str], stem
         axes[row, 0].set_ylabel(relpath.split("/")[0].replace("_", " "), fontsize=6)
     figure.tight_layout()
 
-    written = []
-    for suffix in (".png", ".pdf"):
-        buffer = io.BytesIO()
-        metadata = {"CreationDate": None} if suffix == ".pdf" else {"Software": None}
-        figure.savefig(buffer, format=suffix[1:], dpi=150, metadata=metadata)
-        path = stem.with_suffix(suffix)
-        atomic_write_bytes(path, buffer.getvalue())
-        written.append(path)
+    written = save_figure(figure, stem)
     plt.close(figure)
     return written
