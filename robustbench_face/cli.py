@@ -14,6 +14,7 @@ from . import __version__
 from .attacks.budgets import BUDGET_PARAMETER, DEFAULT_ALPHA, DEFAULT_OVERSHOOT, AttackSpec, parse_range
 from .attacks.specs import load_spec
 from .cli_errors import reports_errors
+from .cli_options import cache_dir_option, data_root_option
 from .errors import FrbError
 from .models.registry import MODELS, available_models, parse_model_names
 from .paths import resolve_cache_dir, resolve_data_root
@@ -74,10 +75,8 @@ def _models_for(text: str | None, weights: dict[str, Path]) -> list[str]:
 
 
 common_data_options = [
-    click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help="Folder that contains lfw/ (default: $FRB_DATA_ROOT, else a user cache folder)."),
-    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help="Cache for aligned faces (default: $FRB_CACHE_DIR, else a user cache folder)."),
+    data_root_option,
+    cache_dir_option,
     click.option("--models", "models_text", default=None, metavar="NAME[,NAME]",
                  help=f"Models to benchmark: {', '.join(MODELS)} (default: those whose weights are on disk)."),
     click.option("--weights", "weights_items", multiple=True, metavar="NAME=PATH",
@@ -253,10 +252,8 @@ def figures_group() -> None:
 
 
 @figures_group.command("reconstructions")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder that contains lfw/ (default: $FRB_DATA_ROOT, else a user cache folder).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache for aligned faces (default: $FRB_CACHE_DIR, else a user cache folder).")
+@data_root_option
+@cache_dir_option
 @click.option("--count", type=click.IntRange(1, 20), default=4, show_default=True,
               help="Number of faces, taken from the matched pairs of fold 10 (people MSN did not train on).")
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

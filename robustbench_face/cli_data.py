@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .cli_errors import reports_errors
+from .cli_options import data_root_option
 from .data.download import ARCHIVE_NAME, OFFICIAL_BASE_URL, download_lfw, is_lfw_complete
 from .paths import resolve_data_root
 
@@ -36,12 +37,7 @@ def data() -> None:
 
 @data.command()
 @click.argument("dataset", type=click.Choice(DATASETS))
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder that receives lfw/. Default: $FRB_DATA_ROOT, else ~/.cache/robustbench-face/data.",
-)
+@data_root_option
 @click.option(
     "--base-url",
     default=OFFICIAL_BASE_URL,

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .cli_errors import reports_errors
+from .cli_options import cache_dir_option, data_root_option
 from .paths import resolve_cache_dir, resolve_data_root
 
 
@@ -18,18 +19,8 @@ def train() -> None:
 
 
 @train.command("msn")
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder that contains lfw/. Default: $FRB_DATA_ROOT, else ~/.cache/robustbench-face/data.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Alignment cache. Default: $FRB_CACHE_DIR, else ~/.cache/robustbench-face/cache.",
-)
+@data_root_option
+@cache_dir_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
