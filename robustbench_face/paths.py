@@ -1,4 +1,4 @@
-"""Where the suite looks for data and keeps its caches."""
+"""Locations of the data root and the cache folder."""
 
 from __future__ import annotations
 

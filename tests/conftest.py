@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def lfw_data_root() -> Path | None:
-    """$FRB_DATA_ROOT, else ../shared/data beside the repository, if it holds LFW."""
+    """$FRB_DATA_ROOT, else ../shared/data beside the repository, if it contains LFW."""
     candidates = [os.environ.get("FRB_DATA_ROOT"), REPO_ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "lfw" / "pairs.txt").is_file():

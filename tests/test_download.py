@@ -89,7 +89,7 @@ class LoopbackServer:
     cut_after: on the first request for `cut_file`, send the full Content-Length
         but close the connection after this many body bytes.
     cut_every_time: cut every request for `cut_file`, not only the first.
-    ignore_range: answer Range requests with the whole file and status 200.
+    ignore_range: reply to Range requests with the whole file and status 200.
     requests: (path, Range header or None) for every GET, in order.
     """
 
@@ -293,7 +293,7 @@ def test_complete_part_file_not_fetched_again(server, tmp_path):
 
     download_lfw(tmp_path, server.url, _checksums(files), archive_name=archive_name, progress=False)
 
-    # The server answers 416 because the part file already has every byte.
+    # The server replies 416 because the part file already has every byte.
     assert server.requests_for(archive_name) == [f"bytes={len(archive)}-"]
     _assert_layout(tmp_path / "lfw")
 
@@ -380,7 +380,7 @@ def test_unreachable_host_gives_offline_message(tmp_path, closed_port_url):
 
 
 def test_silent_server_times_out(tmp_path):
-    # A socket that listens but never answers: the connection succeeds, the reply never comes.
+    # A socket that listens but never replies: the connection succeeds, the reply never comes.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()

@@ -16,7 +16,7 @@ class PairClassifier(nn.Module):
 
     torchattacks expects one `(N, C)` logits tensor for inputs in [0, 1].
     This module holds the references' embeddings and per-pair thresholds,
-    so the attack only ever sees, and only ever changes, the probes. The
+    so the attack only ever receives, and only ever changes, the probes. The
     logits are `(score - threshold, threshold - score) / 2`: the predicted
     class is "same" exactly when the score is below the threshold, as in
     the verifier's own decision (a tie counts as "different" both ways).

@@ -36,7 +36,7 @@ class FaceStore:
         return self.crops.index_select(0, rows).float().div_(255.0)
 
     def crops_of(self, relpaths: list[str]) -> torch.Tensor:
-        """The uint8 crops (len(relpaths), 3, 160, 160) as stored."""
+        """Return the stored uint8 crops (len(relpaths), 3, 160, 160)."""
         rows = torch.tensor([self._index[rel] for rel in relpaths], dtype=torch.long)
         return self.crops.index_select(0, rows)
 

@@ -46,7 +46,7 @@ def _parse_number(token: str, path: Path, line_no: int) -> int:
 def parse_pairs(path: str | Path) -> list[Pair]:
     """Parse an LFW pairs file into pairs tagged with their official fold.
 
-    The header is either `<folds> <n>` (View 2: each fold holds n matched
+    The header is either `<folds> <n>` (View 2: each fold contains n matched
     then n mismatched pairs) or a single `<n>` (View 1: n matched then n
     mismatched, one fold). Every other line must have 3 fields (matched:
     name n1 n2) or 4 (mismatched: name1 n1 name2 n2); anything else raises

@@ -1,7 +1,7 @@
 """The LFW verification protocol: per-fold thresholds and accuracy.
 
 For each fold, the threshold is the one with the best accuracy on the
-other folds' clean scores; it is then applied to the held-out fold, and
+other folds' clean scores. It is then applied to the held-out fold and
 stays fixed when that fold is attacked.
 """
 
@@ -18,8 +18,8 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """Return the threshold with the best accuracy for `score < threshold` means same.
 
     Every distinct accuracy is reached by a threshold between two adjacent
-    sorted scores, so the midpoints (and one point past each end) are an
-    exhaustive candidate set; no grid resolution is involved. Ties go to
+    sorted scores. So the midpoints, plus one point past each end, are an
+    exhaustive candidate set, and no grid resolution is involved. Ties go to
     the smallest threshold.
     """
     scores = np.asarray(scores, dtype=np.float64)

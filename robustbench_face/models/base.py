@@ -13,8 +13,8 @@ from ..geometry import CANONICAL_TEMPLATE, CROP_SIZE, sampling_grid_theta, warp_
 
 # With torch 2.14.1 on x86 CPUs, convolutions give each image bit-identical
 # results in batches whose size is a multiple of 4, whatever the batch
-# size, order or thread count, but slightly different results in batches
-# of 1, 2, 3, 5, 6, 7 or 9 (measured on the dlib ResNet). Batches are
+# size, order or thread count. Batches of 1, 2, 3, 5, 6, 7 or 9 give
+# slightly different results (measured on the dlib ResNet). Batches are
 # padded to a multiple of this size so that results do not depend on how
 # pairs are batched.
 STABLE_BATCH = 4

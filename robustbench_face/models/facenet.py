@@ -82,7 +82,7 @@ class FaceNet(Verifier):
         """Load the VGGFace2 weights from `weights`, else facenet-pytorch's cache.
 
         When the cache is empty and `download` is set, facenet-pytorch
-        downloads them exactly as it does for any user; without internet
+        downloads them exactly as it does for any user. Without internet
         that raises an FrbError that explains how to get them.
         """
         network = InceptionResnetV1(pretrained=None)

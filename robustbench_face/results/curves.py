@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 # `module` is whose decision is scored and `attacked` is the score the
-# attack targeted; they differ for a module scored on images made by
+# attack targeted. They differ for a module scored on images made by
 # attacking its whole model.
 CURVE_KEYS = ["model", "module", "attacked", "attack", "param", "value", "fold"]
 CURVE_COLUMNS = CURVE_KEYS + [
