@@ -78,7 +78,11 @@ def resize_faces(faces: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class RegionAutoencoder(nn.Module):
-    """Convolutional autoencoder: whole face (N, 3, S, S) in [-1, 1] -> latent (N, L) -> region (N, 3, S, S) in [0, 1]."""
+    """Convolutional autoencoder: whole face (N, 3, S, S) in [-1, 1] -> latent (N, L) -> region (N, 3, S, S).
+
+The reconstruction aims at pixels in [0, 1] but is not bounded; the
+training loss compares it as it is.
+"""
 
     def __init__(self, arch: MSNArchitecture) -> None:
         super().__init__()
@@ -98,8 +102,11 @@ class RegionAutoencoder(nn.Module):
         widths = list(reversed(arch.channels[:-1])) + [3]
         for index, out_channels in enumerate(widths):
             up.append(nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1))
-            # The last layer gives pixels in [0, 1] like the masked target.
-            up.append(nn.ReLU() if index < len(widths) - 1 else nn.Sigmoid())
+            # The last layer stays linear. A sigmoid there saturated: whole
+            # autoencoders settled on one fixed output whose loss stayed flat
+            # to four decimals for epochs. `reconstruct` clamps to [0, 1].
+            if index < len(widths) - 1:
+                up.append(nn.ReLU())
             in_channels = out_channels
         self.decoder = nn.Sequential(*up)
 
@@ -182,6 +189,11 @@ class MSN(Verifier):
         # Provenance read from a checkpoint: seed, data hash, accuracies and thresholds.
         self.metadata: dict[str, Any] = {}
 
+    def lfw_test_folds(self) -> tuple[int, ...] | None:
+        """Return the checkpoint's held-out fold. An MSN without a training record counts as trained on every fold."""
+        fold = self.metadata.get("test_fold")
+        return () if fold is None else (int(fold),)
+
     # --- Inputs -----------------------------------------------------------------
 
     def shrink(self, faces: torch.Tensor) -> torch.Tensor:
@@ -233,7 +245,7 @@ class MSN(Verifier):
     def reconstruct(self, faces: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return each module's reconstruction (N, 3, S, S) of its region, for inspection."""
         normalised = self.normalise(self.shrink(faces))
-        return {region: self.regions[region].autoencoder(normalised) for region in REGION_NAMES}
+        return {region: self.regions[region].autoencoder(normalised).clamp(0, 1) for region in REGION_NAMES}
 
     # --- Checkpoints -------------------------------------------------------------------
 
