@@ -12,6 +12,7 @@ from collections import defaultdict
 
 SWEEP_POINTS = 11  # FGSM and FFGSM budgets, eps 0 to 0.1
 DEEPFOOL_STEPS = 10
+DEEPFOOL_PAIRS = 8  # pairs of the DeepFool benchmarks
 
 
 def main(path: str) -> None:
@@ -30,7 +31,8 @@ def main(path: str) -> None:
     print("Command: `python -m pytest benchmarks --benchmark-json=/tmp/bench.json` "
           "then `python benchmarks/report.py /tmp/bench.json`.\n")
     print("Times are medians of 3 rounds, in seconds, on 32 fold-1 LFW pairs at batch 32 "
-          "(DeepFool: 8 pairs). Every sweep scores each budget with one forward pass. "
+          "(DeepFool: 8 pairs). Every sweep scores each budget: FGSM and FFGSM with one forward pass per "
+          "budget, DeepFool from the forward passes its steps take anyway. "
           "The floor is one forward plus backward pass per gradient step plus one forward pass per budget.\n")
     for model, t in times.items():
         fb, f = t["forward_backward"], t["forward"]
@@ -54,6 +56,10 @@ def main(path: str) -> None:
                 f"| {attack} | {sweep:.3f} | {floors[attack]:.3f} | {sweep / floors[attack]:.2f} | {loop_text} | "
                 f"{loop_ratio} | {largest:.3f} | {sweep / largest:.2f} |"
             )
+        single = t.get("deepfool_single_image_step")
+        if single is not None:
+            print(f"One torchattacks-style DeepFool step: {1000 * single / DEEPFOOL_PAIRS:.1f} ms per pair; "
+                  f"one batched step: {1000 * fb8 / DEEPFOOL_PAIRS:.1f} ms per pair (ratio {single / fb8:.1f}).\n")
         print()
 
 

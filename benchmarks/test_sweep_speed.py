@@ -5,8 +5,9 @@ Run on demand (not part of the default test run):
     python -m pytest benchmarks --benchmark-json=/tmp/bench.json
     python benchmarks/report.py /tmp/bench.json > docs/benchmarks.md
 
-Every benchmark scores each sweep point with one forward pass, as a run
-does, so the times compare whole sweeps. The floor is one forward plus
+Every benchmark scores each sweep point, as a run does, so the times
+compare whole sweeps: with one forward pass per point, except that
+DeepFool's sweep takes its scores from the forward passes of its steps. The floor is one forward plus
 backward pass per gradient step and one forward pass per sweep point.
 """
 
@@ -43,12 +44,12 @@ def forward_backward(batch, rows=slice(None)) -> None:
 def our_sweep(batch, spec: AttackSpec, rows=slice(None)) -> None:
     classifier = batch["classifier"]
     ids = batch["pair_ids"][rows]
-    for _, adv, _ in run_sweep(
+    for point in run_sweep(
         spec, classifier, batch["probes"][rows], batch["labels"][rows], batch["references"][rows],
         batch["thresholds"][rows], ids, seed=0,
     ):
-        classifier.set_references(batch["references"][rows], batch["thresholds"][rows])
-        score_rows(batch, adv, rows)
+        if point.scores is None:  # DeepFool's sweep scores its budgets itself
+            score_rows(batch, point.images, rows)
     classifier.set_references(batch["references"], batch["thresholds"])
 
 
@@ -159,3 +160,23 @@ def test_deepfool_forward_backward(benchmark, bench_batch) -> None:
 @pytest.mark.benchmark(group="deepfool")
 def test_deepfool_forward(benchmark, bench_batch) -> None:
     run(benchmark, score_rows, bench_batch, bench_batch["probes"][:DEEPFOOL_PAIRS], slice(0, DEEPFOOL_PAIRS))
+
+
+def torchattacks_style_step(batch) -> None:
+    # What torchattacks' DeepFool pays per pair and step: a forward pass on
+    # one image and one backward pass per class for the Jacobian.
+    classifier = batch["classifier"]
+    for index in range(DEEPFOOL_PAIRS):
+        rows = slice(index, index + 1)
+        classifier.set_references(batch["references"][rows], batch["thresholds"][rows])
+        image = batch["probes"][rows].clone().requires_grad_(True)
+        logits = classifier(image)[0]
+        for value in logits:
+            torch.autograd.grad(value, image, retain_graph=True)
+    classifier.set_references(batch["references"], batch["thresholds"])
+
+
+@pytest.mark.benchmark(group="deepfool")
+def test_deepfool_single_image_step(benchmark, bench_batch, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "STABLE_BATCH", 1)
+    run(benchmark, torchattacks_style_step, bench_batch)

@@ -55,7 +55,7 @@ def sweep(spec: AttackSpec, model, batch, rows=slice(None), seed: int = 0) -> di
         ids,
         seed,
     )
-    return {value: adv for value, adv, _ in results}
+    return {point.value: point.images for point in results}
 
 
 # --- The adapter ------------------------------------------------------------------
@@ -196,6 +196,33 @@ def test_deepfool_sweep_equals_torchattacks(dlib_model, batch) -> None:
             torch.testing.assert_close(ours[count][[index]], reference, atol=1e-6, rtol=0)
             with torch.no_grad():
                 assert classifier(ours[count][[index]]).argmax(1) == classifier(reference).argmax(1)
+
+
+def test_deepfool_scores_match_a_fresh_forward_pass(dlib_model, batch) -> None:
+    # The sweep reuses each step's forward pass to score the previous
+    # budget; those scores must be the scores of the images it yields.
+    classifier = classifier_for(dlib_model, batch)
+    points = list(
+        run_sweep(
+            AttackSpec("deepfool", (0, 1, 3)),
+            classifier,
+            batch["probes"],
+            batch["labels"],
+            batch["references"],
+            batch["thresholds"],
+            batch["pair_ids"],
+            0,
+        )
+    )
+    assert [point.value for point in points] == [0, 1, 3]
+    assert torch.equal(points[0].images, batch["probes"])
+    for point in points:
+        classifier.set_references(batch["references"], batch["thresholds"])
+        with torch.no_grad():
+            fresh = classifier.all_scores(point.images)
+        assert set(point.scores) == set(fresh)
+        for name, values in fresh.items():
+            torch.testing.assert_close(point.scores[name], values, atol=1e-6, rtol=0)
 
 
 def test_deepfool_flips_most_pairs(dlib_model, batch) -> None:

@@ -66,6 +66,11 @@ class PairClassifier(nn.Module):
         """Score each probe against its own reference, under the attacked score."""
         return self.all_scores(probes)[self.score_name]
 
+    def logits_and_scores(self, probes: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the logits and every score of the verifier from one forward pass."""
+        scores = self.all_scores(probes)
+        margin = (self.thresholds - scores[self.score_name]) / 2
+        return torch.stack([-margin, margin], dim=1), scores
+
     def forward(self, probes: torch.Tensor) -> torch.Tensor:
-        margin = (self.thresholds - self.scores(probes)) / 2
-        return torch.stack([-margin, margin], dim=1)
+        return self.logits_and_scores(probes)[0]

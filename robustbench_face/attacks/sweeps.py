@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,9 +64,19 @@ def ffgsm(
     return torch.clamp(probes + delta, 0, 1).detach()
 
 
+class SweepPoint(NamedTuple):
+    """One budget of a sweep: the adversarial probes and, where the attack computed them anyway, their scores."""
+
+    value: float
+    images: torch.Tensor
+    seconds: float  # time spent producing this budget's images
+    # Every score of the verifier for `images`, or None when the caller must compute them.
+    scores: dict[str, torch.Tensor] | None = None
+
+
 def fgsm_sweep(
     classifier: PairClassifier, probes: torch.Tensor, labels: torch.Tensor, eps_values: tuple[float, ...]
-) -> Iterator[tuple[float, torch.Tensor, float]]:
+) -> Iterator[SweepPoint]:
     """FGSM (Goodfellow et al. 2015) at every eps from one gradient.
 
     FGSM's image is `clamp(x + eps * sign(grad), 0, 1)` with the gradient
@@ -88,7 +99,7 @@ def fgsm_sweep(
     for eps in eps_values:
         started = time.perf_counter()
         adv = torch.clamp(probes + eps * sign, min=0, max=1).detach()
-        yield eps, adv, gradient_seconds + time.perf_counter() - started
+        yield SweepPoint(eps, adv, gradient_seconds + time.perf_counter() - started)
 
 
 def deepfool_sweep(
@@ -99,7 +110,7 @@ def deepfool_sweep(
     thresholds: torch.Tensor,
     step_values: tuple[int, ...],
     overshoot: float,
-) -> Iterator[tuple[int, torch.Tensor, float]]:
+) -> Iterator[SweepPoint]:
     """DeepFool (Moosavi-Dezfooli et al. 2016, L2) for a batch, recording every budget.
 
     For the two-logit pair head this takes the same steps as torchattacks
@@ -110,31 +121,46 @@ def deepfool_sweep(
     torchattacks, each step first checks the current prediction: a pair
     already misclassified stops and keeps its image. Otherwise the step
     adds `(1 + overshoot) * |f'| * w' / ||w'||^2` and clamps to [0, 1].
+
     Running to the largest budget once yields the image after each budget.
+    The forward pass that starts step k + 1 scores the images left by step
+    k, so each budget comes with its scores and needs no forward pass of
+    its own; a stopped pair keeps the scores of its last forward pass,
+    since its image no longer changes. The cost of the whole sweep is thus
+    S + 1 forward and S backward passes over the pairs still active.
     """
+    budgets = sorted({int(value) for value in step_values})
+    last = budgets[-1]
     adv = probes.clone().detach()
     active = torch.ones(len(probes), dtype=torch.bool, device=probes.device)
-    budgets = sorted(int(value) for value in step_values)
-    done = 0
-    for budget in budgets:
-        started = time.perf_counter()
-        while done < budget:
-            rows = active.nonzero().flatten()
-            if len(rows) > 0:
-                classifier.set_references(reference_embeddings[rows], thresholds[rows])
-                adv[rows], still_correct = _deepfool_step(classifier, adv[rows], labels[rows], overshoot)
-                active[rows[~still_correct]] = False
-            done += 1
-        yield budget, adv.clone(), time.perf_counter() - started
+    scores: dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    for done in range(last + 1):
+        rows = active.nonzero().flatten()
+        stepping = done < last
+        if len(rows) > 0:
+            classifier.set_references(reference_embeddings[rows], thresholds[rows])
+            with torch.set_grad_enabled(stepping):
+                images = adv[rows].clone().requires_grad_(stepping)
+                logits, row_scores = classifier.logits_and_scores(images)
+            for name, values in row_scores.items():
+                if name not in scores:
+                    scores[name] = torch.empty(len(probes), dtype=values.dtype, device=values.device)
+                scores[name][rows] = values.detach()
+            still_correct = logits.argmax(dim=1) == labels[rows]
+        if done in budgets:
+            yield SweepPoint(done, adv.clone(), time.perf_counter() - started, {k: v.clone() for k, v in scores.items()})
+            started = time.perf_counter()
+        if len(rows) > 0 and stepping:
+            adv[rows] = _deepfool_step(images, logits, labels[rows], still_correct, overshoot)
+        if len(rows) > 0:
+            active[rows[~still_correct]] = False
 
 
 def _deepfool_step(
-    classifier: PairClassifier, images: torch.Tensor, labels: torch.Tensor, overshoot: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take one DeepFool step; returns the new images and which pairs were still correct."""
-    images = images.clone().detach().requires_grad_(True)
-    logits = classifier(images)
-    still_correct = logits.argmax(dim=1) == labels
+    images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, still_correct: torch.Tensor, overshoot: float
+) -> torch.Tensor:
+    """Take one DeepFool step from `images`, whose forward pass gave `logits`; returns the new images."""
     rows = torch.arange(len(labels), device=labels.device)
     difference = logits[rows, 1 - labels] - logits[rows, labels]
     gradient = torch.autograd.grad(difference.sum(), images)[0]
@@ -145,8 +171,7 @@ def _deepfool_step(
     step = (1 + overshoot) * scale.view(-1, 1, 1, 1) * gradient
     stepped = torch.clamp(images.detach() + step, min=0, max=1)
     # A pair that is already misclassified keeps its image, as in torchattacks.
-    result = torch.where(still_correct.view(-1, 1, 1, 1), stepped, images.detach())
-    return result, still_correct
+    return torch.where(still_correct.view(-1, 1, 1, 1), stepped, images.detach())
 
 
 def run_sweep(
@@ -158,11 +183,8 @@ def run_sweep(
     thresholds: torch.Tensor,
     pair_ids: list[int],
     seed: int,
-) -> Iterator[tuple[float, torch.Tensor, float]]:
-    """Yield `(budget, adversarial probes, seconds)` for every budget of `spec`.
-
-    `seconds` is the time spent producing that budget's images.
-    """
+) -> Iterator[SweepPoint]:
+    """Yield a `SweepPoint` for every budget of `spec`."""
     if spec.attack == "deepfool":
         yield from deepfool_sweep(
             classifier, probes, labels, reference_embeddings, thresholds, spec.values, spec.overshoot
@@ -179,4 +201,4 @@ def run_sweep(
         # Fresh generators per budget, so every eps starts from the same draws.
         generators = [pair_generator(seed, pair_id) for pair_id in pair_ids]
         adv = ffgsm(classifier, probes, labels, eps, spec.alpha, generators)
-        yield eps, adv, time.perf_counter() - started
+        yield SweepPoint(eps, adv, time.perf_counter() - started)

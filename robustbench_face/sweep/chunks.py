@@ -114,10 +114,12 @@ def _attack_batch(task: ChunkTask, model: Verifier, classifier: PairClassifier, 
 
     records = []
     sweep = run_sweep(task.spec, classifier, probes, labels, references, thresholds, pair_ids, task.seed)
-    for value, adv, seconds in sweep:
-        classifier.set_references(references, thresholds)
-        with torch.no_grad():
-            all_scores = {name: score.cpu().numpy() for name, score in classifier.all_scores(adv).items()}
+    for value, adv, seconds, known_scores in sweep:
+        if known_scores is None:
+            classifier.set_references(references, thresholds)
+            with torch.no_grad():
+                known_scores = classifier.all_scores(adv)
+        all_scores = {name: score.detach().cpu().numpy() for name, score in known_scores.items()}
         delta = (adv - probes).flatten(1)
         linf = delta.abs().amax(dim=1).cpu().numpy()
         l2 = torch.linalg.vector_norm(delta, dim=1).cpu().numpy()
