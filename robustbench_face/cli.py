@@ -11,14 +11,13 @@ import click
 import torch
 
 from . import __version__
-from .attacks.budgets import BUDGET_PARAMETER, DEFAULT_ALPHA, DEFAULT_OVERSHOOT, AttackSpec, parse_range
-from .attacks.specs import load_spec
+from .attacks.budgets import BUDGET_PARAMETER
+from .attacks.specs import build_spec, load_spec
 from .cli_errors import reports_errors
 from .cli_options import cache_dir_option, data_root_option
 from .errors import FrbError
 from .models.registry import MODELS, available_models, parse_model_names
 from .paths import resolve_cache_dir, resolve_data_root
-
 
 # LFW accuracy reported by Dammu et al. (PSTCI 2021) for MSN trained on VGGFace2.
 PAPER_ACCURACY = {"msn": 98.5, "eyes": 80.8, "nose": 73.2, "mouth": 74.5, "rest": 78.3}
@@ -140,23 +139,7 @@ def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed,
     from .sweep.runner import run
 
     spec_values = load_spec(spec_name) if spec_name else {}
-    attack = attack or spec_values.get("attack")
-    if attack is None:
-        raise FrbError("no attack given; pass --attack fgsm|ffgsm|deepfool or --spec NAME")
-    if spec_values.get("attack", attack) != attack:
-        raise FrbError(f"--attack {attack} contradicts spec {spec_name} (attack {spec_values['attack']}); drop one")
-    param = BUDGET_PARAMETER[attack]
-    other = "steps" if param == "eps" else "eps"
-    if (eps_text if other == "eps" else steps_text) is not None:
-        raise FrbError(f"--{other} does not apply to {attack}; use --{param}")
-    text = (eps_text if param == "eps" else steps_text) or str(spec_values.get(param, "0:0.1:0.01" if param == "eps" else "0:10:1"))
-    values = parse_range(text, f"--{param}", integer=param == "steps")
-    spec = AttackSpec(
-        attack=attack,
-        values=values,
-        alpha=alpha if alpha is not None else float(spec_values.get("alpha", DEFAULT_ALPHA)),
-        overshoot=overshoot if overshoot is not None else float(spec_values.get("overshoot", DEFAULT_OVERSHOOT)),
-    )
+    spec = build_spec(spec_values, attack, eps_text, steps_text, alpha, overshoot)
     weights = _parse_weights(weights_items)
     cfg = RunConfig(
         spec=spec,
@@ -292,9 +275,11 @@ def models_command() -> None:
 
 def _add_command_groups() -> None:
     from .cli_data import data
+    from .cli_reproduce import reproduce_command
     from .cli_train import train
 
     main.add_command(data)
+    main.add_command(reproduce_command)
     main.add_command(train)
 
 

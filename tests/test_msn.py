@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from robustbench_face.data.faces import load_faces
 from robustbench_face.data.lfw import locate_lfw
 from robustbench_face.data.pairs import parse_pairs, select_pairs
 from robustbench_face.errors import FrbError
+from robustbench_face.models.base import warn_if_trained_on
 from robustbench_face.models.msn.network import DEFAULT_WEIGHTS, MSN, MSNArchitecture
 from robustbench_face.models.msn.regions import REGION_NAMES, RegionShapes, flip_landmarks, region_masks
 from robustbench_face.models.msn.train import (
@@ -235,6 +237,19 @@ def test_shipped_checkpoint_loads():
     assert model.metadata["data_hash"] == record["data_hash"]
     assert not model.training
     assert set(record["thresholds"]) == set(MSN.score_names)
+
+
+def test_training_folds_are_flagged(caplog):
+    model = MSN.pretrained()
+    assert model.lfw_test_folds() == (_shipped_record()["test_fold"],)
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_trained_on(model, [10]) == []
+        assert not caplog.records
+        assert warn_if_trained_on(model, [1, 2, 10]) == [1, 2]
+    assert "fold(s) 1,2" in caplog.text
+    assert "--folds 10" in caplog.text
+    # An MSN without a training record counts as trained on every fold.
+    assert warn_if_trained_on(MSN(), [10]) == [10]
 
 
 def test_pretrained_rejects_missing_file(tmp_path):

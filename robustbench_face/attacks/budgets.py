@@ -26,11 +26,13 @@ def parse_range(text: str, option: str, integer: bool = False) -> tuple[float, .
     0.03 rather than 0.030000000000000002, which keeps CSV keys stable.
     """
     text = text.strip()
+    # Examples in the errors match the kind of budget: eps radii or step counts.
+    range_example, list_example = ("0:10:1", "0,1,3") if integer else ("0:0.1:0.01", "0,0.01,0.03")
     try:
         if ":" in text:
             parts = text.split(":")
             if len(parts) != 3:
-                raise FrbError(f"{option} {text!r} must be START:STOP:STEP, e.g. 0:0.1:0.01")
+                raise FrbError(f"{option} {text!r} must be START:STOP:STEP, e.g. {range_example}")
             start, stop, step = (float(part) for part in parts)
             if not all(math.isfinite(v) for v in (start, stop, step)):
                 raise FrbError(f"{option} {text!r} contains a non-finite number; use plain decimals")
@@ -45,9 +47,9 @@ def parse_range(text: str, option: str, integer: bool = False) -> tuple[float, .
         else:
             values = [round(float(part), 10) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise FrbError(f"{option} {text!r} is not a number range; use START:STOP:STEP or a list like 0,0.01,0.03") from None
+        raise FrbError(f"{option} {text!r} is not a number range; use START:STOP:STEP or a list like {list_example}") from None
     if not values:
-        raise FrbError(f"{option} {text!r} contains no values; use START:STOP:STEP or a list like 0,0.01,0.03")
+        raise FrbError(f"{option} {text!r} contains no values; use START:STOP:STEP or a list like {list_example}")
     if any(not math.isfinite(v) for v in values):
         raise FrbError(f"{option} {text!r} contains a non-finite number; use plain decimals")
     if integer:

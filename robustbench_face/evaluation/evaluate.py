@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..models.base import warn_if_trained_on
 from ..models.registry import load_model, weights_sha256
 from ..sweep.clean import cached_clean
 from ..sweep.prepare import Prepared, prepare_data
@@ -55,6 +56,7 @@ def evaluate(
     rows = []
     for name in models:
         model = load_model(name, weights.get(name), device)
+        warn_if_trained_on(model, set(pair_folds.tolist()))
         _, clean = cached_clean(
             model, weights_sha256(name, weights.get(name)), prepared.faces, prepared.threshold_pairs,
             cache_dir, batch_size, progress,

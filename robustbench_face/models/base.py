@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import ClassVar
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch
 from torch import nn
 
 from ..geometry import CANONICAL_TEMPLATE, CROP_SIZE, sampling_grid_theta, warp_batch
+
+logger = logging.getLogger(__name__)
 
 # With torch 2.14.1 on x86 CPUs, convolutions give each image bit-identical
 # results in batches whose size is a multiple of 4, whatever the batch
@@ -57,6 +61,14 @@ class Verifier(nn.Module, ABC):
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         """Map canonical crops (N, 3, 160, 160) in [0, 1] to embeddings (N, D)."""
 
+    def lfw_test_folds(self) -> tuple[int, ...] | None:
+        """Return the LFW View 2 folds whose people the model never saw in training.
+
+        None means the model did not train on LFW at all, so every fold is
+        a test fold. A model trained on LFW (MSN) returns its held-out folds.
+        """
+        return None
+
     def embed_stable(self, faces: torch.Tensor) -> torch.Tensor:
         """Embed like `embed`, padding small batches so results do not depend on batch size."""
         count = faces.shape[0]
@@ -75,3 +87,20 @@ class Verifier(nn.Module, ABC):
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         return self.embed(faces)
+
+
+def warn_if_trained_on(model: Verifier, folds: Iterable[int]) -> list[int]:
+    """Log a warning when `folds` include folds whose people `model` trained on; returns those folds."""
+    held_out = model.lfw_test_folds()
+    if held_out is None:
+        return []
+    seen = sorted(set(folds) - set(held_out))
+    if seen:
+        logger.warning(
+            "%s trained on the people of fold(s) %s, so its accuracy there is not a test result; "
+            "restrict it with --folds %s",
+            model.name,
+            ",".join(map(str, seen)),
+            ",".join(map(str, held_out)),
+        )
+    return seen

@@ -21,6 +21,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from ..errors import FrbError
+from ..models.base import warn_if_trained_on
 from ..models.registry import load_model, weights_sha256
 from ..results.curves import summarise_pairs, summarise_timings
 from ..results.plot import plot_curves
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # Pairs per part file. Fixed, so that the parts (and resuming) do not
 # depend on the batch size or the number of jobs.
 CHUNK_PAIRS = 100
+# Marks a folder as a run and contains its run id.
+RUN_MARKER = ".frb-run"
 
 
 @dataclass
@@ -56,6 +59,8 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     # Load every model before touching the output folder, so that missing or
     # corrupt weights fail without leaving a half-made run behind.
     models = {name: load_model(name, cfg.weights.get(name), cfg.device) for name in cfg.models}
+    for model in models.values():
+        warn_if_trained_on(model, {pair.fold for pair in prepared.run_pairs})
     weights_hashes = {name: weights_sha256(name, cfg.weights.get(name)) for name in cfg.models}
     identity = cfg.identity(prepared.data_hash, weights_hashes)
     run_hash = identity_hash(identity)
@@ -140,7 +145,7 @@ def _part_path(parts_dir: Path, model_name: str, index: int) -> Path:
 
 def _claim_output(out: Path, run_hash: str) -> Path:
     """Check that `out` is empty or contains this same run, and return its parts folder."""
-    marker = out / ".frb-run"
+    marker = out / RUN_MARKER
     if out.exists() and any(out.iterdir()):
         if not marker.is_file():
             raise FrbError(f"output folder {out} is not empty and contains no frb run; choose another --out")

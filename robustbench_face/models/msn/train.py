@@ -72,10 +72,11 @@ class MSNHyperparameters:
     # Phase 1: region autoencoders.
     ae_epochs: int = 10
     ae_batch_size: int = 32
-    # At 2e-3 the eyes and mouth autoencoders collapsed to one fixed output
-    # within an epoch and never recovered (eyes loss 1.79, then 1.94 for
-    # three epochs). At 5e-4 the eyes loss fell to 0.28 in four epochs and
-    # the eyes module reached 79% on fold 10 instead of 57%.
+    # Measured with the sigmoid output layer used then: at 2e-3 the eyes and
+    # mouth autoencoders collapsed to one fixed output within an epoch and
+    # did not recover (eyes loss 1.79, then 1.94 for three epochs). At 5e-4
+    # the eyes loss fell to 0.28 in four epochs and the eyes module reached
+    # 79% on fold 10 instead of 57%.
     ae_lr: float = 5e-4
     # "dlib" uses the shipped dlib ResNet; "vgg19" needs torchvision's VGG19 weights in the torch hub cache.
     perceptual_network: str = "dlib"
