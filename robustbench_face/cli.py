@@ -6,18 +6,22 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
 
 from . import __version__
-from .attacks.budgets import BUDGET_PARAMETER
+from .attacks.budgets import BUDGET_PARAMETER, AttackSpec
 from .attacks.specs import build_spec, load_spec
 from .cli_errors import reports_errors
 from .cli_options import cache_dir_option, data_root_option
 from .errors import FrbError
 from .models.registry import MODELS, available_models, parse_model_names
 from .paths import resolve_cache_dir, resolve_data_root
+
+if TYPE_CHECKING:
+    from .sweep.config import RunConfig
 
 # LFW accuracy reported by Dammu et al. (PSTCI 2021) for MSN trained on VGGFace2.
 PAPER_ACCURACY = {"msn": 98.5, "eyes": 80.8, "nose": 73.2, "mouth": 74.5, "rest": 78.3}
@@ -101,6 +105,42 @@ def with_options(options):
     return decorate
 
 
+def run_config(
+    spec: AttackSpec,
+    seed: int,
+    jobs: int,
+    data_root: Path | None,
+    cache_dir: Path | None,
+    models_text: str | None,
+    weights_items: tuple[str, ...],
+    folds_text: str | None,
+    per_fold: int | None,
+    batch_size: int,
+    device: str | None,
+    skip_missing: bool,
+    no_progress: bool,
+) -> RunConfig:
+    """Build the `RunConfig` of a sweep from the values of the shared command-line options."""
+    from .sweep.config import RunConfig
+
+    weights = _parse_weights(weights_items)
+    return RunConfig(
+        spec=spec,
+        models=_models_for(models_text, weights),
+        data_root=resolve_data_root(data_root),
+        cache_dir=resolve_cache_dir(cache_dir),
+        folds=_parse_folds(folds_text),
+        per_fold=per_fold,
+        batch_size=batch_size,
+        seed=seed,
+        skip_missing=skip_missing,
+        weights=weights,
+        device=_check_device(device or _default_device()),
+        progress=not no_progress,
+        jobs=jobs,
+    )
+
+
 @click.group()
 @click.version_option(__version__, prog_name="frb")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: debug).")
@@ -135,27 +175,12 @@ def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed,
 
     Writes curves.csv, pairs.csv, timings.csv, run.json and curves.png/.pdf.
     """
-    from .sweep.config import RunConfig
     from .sweep.runner import run
 
     spec_values = load_spec(spec_name) if spec_name else {}
     spec = build_spec(spec_values, attack, eps_text, steps_text, alpha, overshoot)
-    weights = _parse_weights(weights_items)
-    cfg = RunConfig(
-        spec=spec,
-        models=_models_for(models_text, weights),
-        data_root=resolve_data_root(data_root),
-        cache_dir=resolve_cache_dir(cache_dir),
-        folds=_parse_folds(folds_text),
-        per_fold=per_fold,
-        batch_size=batch_size,
-        seed=seed,
-        skip_missing=skip_missing,
-        weights=weights,
-        device=_check_device(device or _default_device()),
-        progress=not no_progress,
-        jobs=jobs,
-    )
+    cfg = run_config(spec, seed, jobs, data_root, cache_dir, models_text, weights_items, folds_text, per_fold,
+                     batch_size, device, skip_missing, no_progress)
     result = run(cfg, out, command=shlex.join(["frb", *sys.argv[1:]]))
     click.echo(f"results in {result.out} ({result.computed_chunks} chunks computed, {result.resumed_chunks} resumed)")
     keys = ["model", "module", "attacked", "value"]

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from .cli import _check_device, _default_device, _models_for, _parse_folds, _parse_weights, common_data_options, with_options
+from .cli import common_data_options, run_config, with_options
 from .cli_errors import reports_errors
 from .errors import FrbError
-from .paths import resolve_cache_dir, resolve_data_root
 
 
 @click.command("reproduce")
@@ -35,7 +34,6 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
     """
     from .attacks.budgets import AttackSpec
     from .attacks.specs import shipped_specs
-    from .sweep.config import RunConfig
     from .sweep.reproduce import reproduce
 
     # Each spec runs once, in the order first given, as --folds drops repeats too.
@@ -45,23 +43,9 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
         raise FrbError(f"--specs names unknown spec {unknown[0]!r}; choose from {', '.join(shipped_specs())}")
     if not specs:
         raise FrbError(f"--specs {specs_text!r} names no spec; choose from {', '.join(shipped_specs())}")
-    weights = _parse_weights(weights_items)
-    cfg = RunConfig(
-        # Replaced by each run's own spec.
-        spec=AttackSpec("fgsm", (0.0,)),
-        models=_models_for(models_text, weights),
-        data_root=resolve_data_root(data_root),
-        cache_dir=resolve_cache_dir(cache_dir),
-        folds=_parse_folds(folds_text),
-        per_fold=per_fold,
-        batch_size=batch_size,
-        seed=seed,
-        skip_missing=skip_missing,
-        weights=weights,
-        device=_check_device(device or _default_device()),
-        progress=not no_progress,
-        jobs=jobs,
-    )
+    # The spec is a placeholder: each run takes its own from the shipped spec file.
+    cfg = run_config(AttackSpec("fgsm", (0.0,)), seed, jobs, data_root, cache_dir, models_text, weights_items,
+                     folds_text, per_fold, batch_size, device, skip_missing, no_progress)
     runs = reproduce(cfg, out, specs, command=shlex.join(["frb", *sys.argv[1:]]))
     total = 0.0
     for item in runs:
