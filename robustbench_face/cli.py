@@ -14,7 +14,7 @@ import torch
 from . import __version__
 from .attacks.budgets import BUDGET_PARAMETER, AttackSpec
 from .attacks.specs import build_spec, load_spec
-from .cli_errors import reports_errors
+from .cli_errors import reports_errors, resumes_on_rerun
 from .cli_options import cache_dir_option, data_root_option
 from .errors import FrbError
 from .models.registry import MODELS, available_models, parse_model_names
@@ -169,6 +169,7 @@ def main(verbose: int) -> None:
               help="Output folder (default: results/<attack>-<run id>); rerunning resumes it.")
 @with_options(common_data_options)
 @reports_errors
+@resumes_on_rerun
 def run_command(attack, spec_name, eps_text, steps_text, alpha, overshoot, seed, jobs, out, data_root, cache_dir,
                 models_text, weights_items, folds_text, per_fold, batch_size, device, skip_missing, no_progress):
     """Attack the probe image of LFW pairs over a budget sweep.

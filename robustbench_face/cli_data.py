@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import reports_errors
+from .cli_errors import reports_errors, resumes_on_rerun
 from .cli_options import data_root_option
 from .data.download import ARCHIVE_NAME, OFFICIAL_BASE_URL, download_lfw, is_lfw_complete
 from .paths import resolve_data_root
@@ -62,6 +62,7 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Download again and replace an existing lfw/ folder.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @reports_errors
+@resumes_on_rerun
 def download(
     dataset: str,
     data_root: Path | None,

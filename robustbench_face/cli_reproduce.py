@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .cli import common_data_options, run_config, with_options
-from .cli_errors import reports_errors
+from .cli_errors import reports_errors, resumes_on_rerun
 from .errors import FrbError
 
 
@@ -23,6 +23,7 @@ from .errors import FrbError
               show_default=True, help="Output folder; rerunning resumes every run inside it.")
 @with_options(common_data_options)
 @reports_errors
+@resumes_on_rerun
 def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_text, weights_items, folds_text,
                       per_fold, batch_size, device, skip_missing, no_progress):
     """Run the robustness sweeps of Dammu et al. (2021) for every model.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import reports_errors
+from .cli_errors import reports_errors, resumes_on_rerun
 from .cli_options import cache_dir_option, data_root_option
 from .paths import resolve_cache_dir, resolve_data_root
 
@@ -50,6 +50,7 @@ def train() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for PyTorch (default: its own choice).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @reports_errors
+@resumes_on_rerun
 def msn_command(
     data_root: Path | None,
     cache_dir: Path | None,

@@ -208,6 +208,16 @@ def test_bad_options_fail_cleanly(data_root: Path, cache_dir: Path, tmp_path: Pa
     assert not out.exists()
 
 
+def test_interrupt_prints_resume_hint(data_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    result = CliRunner().invoke(main, run_args(data_root, cache_dir, tmp_path / "out", "--attack", "fgsm"))
+    assert result.exit_code == 130
+    assert "Interrupted. Run the same command again to resume" in result.output
+
+
 def test_missing_data_root(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, run_args(tmp_path / "nowhere", tmp_path, tmp_path / "out", "--attack", "fgsm"))
     assert result.exit_code == 2
