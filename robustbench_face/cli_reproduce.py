@@ -1,4 +1,4 @@
-"""`frb reproduce`: the paper's robustness sweeps for every model in one command."""
+"""`frb reproduce`: the robustness sweeps of Dammu et al. (PSTCI 2021) for every model in one command."""
 
 from __future__ import annotations
 

@@ -249,7 +249,10 @@ def test_training_folds_are_flagged(caplog):
     assert "fold(s) 1,2" in caplog.text
     assert "--folds 10" in caplog.text
     # An MSN without a training record counts as trained on every fold.
-    assert warn_if_trained_on(MSN(), [10]) == [10]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_trained_on(MSN(), [10]) == [10]
+    assert "names a held-out fold" in caplog.text
 
 
 def test_pretrained_rejects_missing_file(tmp_path):

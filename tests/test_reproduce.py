@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from robustbench_face.cli import main
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from .test_cli import invoke
 
 
 def reproduce_args(data_root: Path, cache_dir: Path, out: Path, *extra: str) -> list[str]:

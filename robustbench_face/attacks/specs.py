@@ -85,9 +85,9 @@ def build_spec(
     if overshoot is not None and attack != "deepfool":
         raise FrbError(f"--overshoot {overshoot:g} applies only to deepfool, not {attack}; drop it or use --attack deepfool")
     default = "0:0.1:0.01" if param == "eps" else "0:10:1"
-    given = eps_text if param == "eps" else steps_text
+    budget_text = eps_text if param == "eps" else steps_text
     # An empty option is a mistake to report, not a request for the default.
-    text = given if given is not None else str(spec_values.get(param, default))
+    text = budget_text if budget_text is not None else str(spec_values.get(param, default))
     values = parse_range(text, f"--{param}", integer=param == "steps")
     return AttackSpec(
         attack=attack,

@@ -125,9 +125,9 @@ def deepfool_sweep(
     Running to the largest budget once yields the image after each budget.
     The forward pass that starts step k + 1 scores the images left by step
     k, so each budget comes with its scores and needs no forward pass of
-    its own; a stopped pair keeps the scores of its last forward pass,
-    since its image no longer changes. The cost of the whole sweep is thus
-    S + 1 forward and S backward passes over the pairs still active.
+    its own. A stopped pair keeps the scores of its last forward pass,
+    because its image no longer changes. The whole sweep thus costs S + 1
+    forward and S backward passes over the pairs still active.
     """
     budgets = sorted({int(value) for value in step_values})
     last = budgets[-1]
@@ -151,16 +151,16 @@ def deepfool_sweep(
         if done in budgets:
             yield SweepPoint(done, adv.clone(), time.perf_counter() - started, {k: v.clone() for k, v in scores.items()})
             started = time.perf_counter()
-        if len(rows) > 0 and stepping:
-            adv[rows] = _deepfool_step(images, logits, labels[rows], still_correct, overshoot)
         if len(rows) > 0:
+            if stepping:
+                adv[rows] = _deepfool_step(images, logits, labels[rows], still_correct, overshoot)
             active[rows[~still_correct]] = False
 
 
 def _deepfool_step(
     images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, still_correct: torch.Tensor, overshoot: float
 ) -> torch.Tensor:
-    """Take one DeepFool step from `images`, whose forward pass gave `logits`; returns the new images."""
+    """Take one DeepFool step from `images`, whose forward pass gave `logits`, and return the new images."""
     rows = torch.arange(len(labels), device=labels.device)
     difference = logits[rows, 1 - labels] - logits[rows, labels]
     gradient = torch.autograd.grad(difference.sum(), images)[0]

@@ -90,17 +90,20 @@ class Verifier(nn.Module, ABC):
 
 
 def warn_if_trained_on(model: Verifier, folds: Iterable[int]) -> list[int]:
-    """Log a warning when `folds` include folds whose people `model` trained on; returns those folds."""
+    """Log a warning when `folds` include folds whose people `model` trained on, and return those folds."""
     held_out = model.lfw_test_folds()
     if held_out is None:
         return []
     seen = sorted(set(folds) - set(held_out))
     if seen:
+        if held_out:
+            fix = "restrict it with --folds " + ",".join(map(str, held_out))
+        else:
+            fix = "use weights whose training record names a held-out fold, as `frb train msn` writes"
         logger.warning(
-            "%s trained on the people of fold(s) %s, so its accuracy there is not a test result; "
-            "restrict it with --folds %s",
+            "%s trained on the people of fold(s) %s, so its accuracy there is not a test result; %s",
             model.name,
             ",".join(map(str, seen)),
-            ",".join(map(str, held_out)),
+            fix,
         )
     return seen

@@ -1,4 +1,4 @@
-"""`frb reproduce`: every robustness sweep of the paper in one command.
+"""`frb reproduce`: every robustness sweep of Dammu et al. (PSTCI 2021) in one command.
 
 Runs each shipped sweep spec (FGSM and FFGSM over eps, DeepFool over
 steps) for each model, one ordinary run per (spec, model) under
@@ -26,11 +26,11 @@ from ..models.registry import load_model
 from ..results.plot import plot_panels
 from ..results.writer import write_json
 from .config import RunConfig, identity_hash
-from .runner import RUN_MARKER, run
+from .runner import RUN_MARKER, check_output_folder, run
 
 log = logging.getLogger(__name__)
 
-# Marks a folder as a reproduction and contains the hash of its settings.
+# Name of the file that marks a folder as a reproduction. It contains the hash of its settings.
 MARKER = ".frb-reproduce"
 
 
@@ -136,24 +136,15 @@ def _claim_output(out: Path, cfg: RunConfig, folds: dict[str, list[int] | None],
         "data_root": str(cfg.data_root),
     }
     key = identity_hash(settings)
-    marker = out / MARKER
-    if out.exists() and any(out.iterdir()):
-        if not marker.is_file():
-            raise FrbError(f"output folder {out} is not empty and contains no frb reproduction; choose another --out")
-        if marker.read_text(encoding="utf-8").strip() != key:
-            raise FrbError(
-                f"output folder {out} contains a reproduction with other settings; "
-                "choose another --out or delete that folder"
-            )
+    check_output_folder(out, MARKER, "reproduction", key)
     for spec_name in specs:
         for model_name in cfg.models:
-            run_dir = out / spec_name / model_name
-            if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).is_file():
-                raise FrbError(f"output folder {run_dir} is not empty and contains no frb run; choose another --out")
+            # Each run checks its own settings when it starts, so any run id passes here.
+            check_output_folder(out / spec_name / model_name, RUN_MARKER, "run", None)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(key + "\n", encoding="utf-8")
+        (out / MARKER).write_text(key + "\n", encoding="utf-8")
     except OSError as err:
         raise FrbError(f"cannot create output folder {out} ({err.strerror}); choose another --out") from None
     return created

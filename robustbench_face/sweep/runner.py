@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Pairs per part file. Fixed, so that the parts (and resuming) do not
 # depend on the batch size or the number of jobs.
 CHUNK_PAIRS = 100
-# Marks a folder as a run and contains its run id.
+# Name of the file that marks a folder as a run. It contains the run id.
 RUN_MARKER = ".frb-run"
 
 
@@ -143,18 +143,28 @@ def _part_path(parts_dir: Path, model_name: str, index: int) -> Path:
     return parts_dir / f"{model_name}__{index:05d}.csv"
 
 
+def check_output_folder(out: Path, marker: str, kind: str, key: str | None) -> None:
+    """Raise FrbError unless `out` is missing or empty, or its `marker` file contains `key` (any key when None).
+
+    `kind` names what the marker marks ("run", "reproduction") in the error.
+    """
+    if not (out.exists() and any(out.iterdir())):
+        return
+    path = out / marker
+    if not path.is_file():
+        raise FrbError(f"output folder {out} is not empty and contains no frb {kind}; choose another --out")
+    existing = path.read_text(encoding="utf-8").strip()
+    if key is not None and existing != key:
+        raise FrbError(
+            f"output folder {out} contains a {kind} with other settings ({kind} {existing}, this is {key}); "
+            "choose another --out or delete that folder"
+        )
+
+
 def _claim_output(out: Path, run_hash: str) -> Path:
     """Check that `out` is empty or contains this same run, and return its parts folder."""
+    check_output_folder(out, RUN_MARKER, "run", run_hash)
     marker = out / RUN_MARKER
-    if out.exists() and any(out.iterdir()):
-        if not marker.is_file():
-            raise FrbError(f"output folder {out} is not empty and contains no frb run; choose another --out")
-        existing = marker.read_text().strip()
-        if existing != run_hash:
-            raise FrbError(
-                f"output folder {out} contains a run with other settings (run {existing}, this is {run_hash}); "
-                "choose another --out or delete that folder"
-            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         marker.write_text(run_hash + "\n")
