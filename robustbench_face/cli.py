@@ -15,7 +15,7 @@ from . import __version__
 from .attacks.budgets import BUDGET_PARAMETER, AttackSpec
 from .attacks.specs import build_spec, load_spec
 from .cli_errors import reports_errors, resumes_on_rerun
-from .cli_options import cache_dir_option, data_root_option
+from .cli_options import cache_dir_option, data_root_option, parse_folds
 from .errors import FrbError
 from .models.registry import MODELS, available_models, parse_model_names
 from .paths import resolve_cache_dir, resolve_data_root
@@ -25,25 +25,6 @@ if TYPE_CHECKING:
 
 # LFW accuracy reported by Dammu et al. (PSTCI 2021) for MSN trained on VGGFace2.
 PAPER_ACCURACY = {"msn": 98.5, "eyes": 80.8, "nose": 73.2, "mouth": 74.5, "rest": 78.3}
-
-
-def _parse_folds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    folds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                first, last = (int(x) for x in part.split("-", 1))
-                folds.extend(range(first, last + 1))
-            elif part:
-                folds.append(int(part))
-        except ValueError:
-            raise FrbError(f"--folds {text!r} is not a list of fold numbers; use e.g. 1,2 or 1-10") from None
-    if not folds:
-        raise FrbError(f"--folds {text!r} names no fold; use e.g. 1,2 or 1-10")
-    return sorted(set(folds))
 
 
 def _parse_weights(items: tuple[str, ...]) -> dict[str, Path]:
@@ -83,7 +64,9 @@ common_data_options = [
     click.option("--models", "models_text", default=None, metavar="NAME[,NAME]",
                  help=f"Models to benchmark: {', '.join(MODELS)} (default: those whose weights are on disk)."),
     click.option("--weights", "weights_items", multiple=True, metavar="NAME=PATH",
-                 help="Weights file for a model, e.g. facenet=PATH; repeatable."),
+                 help="Weights file for a model, e.g. facenet=PATH; repeatable. A folder of per-fold files "
+                      "(msn=DIR with DIR/msn-fold1.pt ..., from `frb train msn --cv --out DIR`) scores each "
+                      "fold with the model that held it out."),
     click.option("--folds", "folds_text", default=None, metavar="LIST",
                  help="Folds to report, e.g. 1,2 or 1-10 (default: all ten)."),
     click.option("--pairs", "per_fold", type=click.IntRange(min=1), default=None,
@@ -129,7 +112,7 @@ def run_config(
         models=_models_for(models_text, weights),
         data_root=resolve_data_root(data_root),
         cache_dir=resolve_cache_dir(cache_dir),
-        folds=_parse_folds(folds_text),
+        folds=parse_folds(folds_text),
         per_fold=per_fold,
         batch_size=batch_size,
         seed=seed,
@@ -205,7 +188,7 @@ def eval_command(out, data_root, cache_dir, models_text, weights_items, folds_te
         models=_models_for(models_text, weights),
         data_root=resolve_data_root(data_root),
         cache_dir=resolve_cache_dir(cache_dir),
-        folds=_parse_folds(folds_text),
+        folds=parse_folds(folds_text),
         per_fold=per_fold,
         batch_size=batch_size,
         device=_check_device(device or _default_device()),

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from .cli_errors import reports_errors, resumes_on_rerun
-from .cli_options import cache_dir_option, data_root_option
+from .cli_options import cache_dir_option, data_root_option, parse_folds
+from .errors import FrbError
 from .paths import resolve_cache_dir, resolve_data_root
 
 
@@ -45,7 +46,14 @@ def train() -> None:
 @click.option(
     "--cv",
     is_flag=True,
-    help="Train one model per held-out fold 1-10 instead of only fold 10 (ten times as long).",
+    help="Train one model per held-out fold 1-10 instead of only fold 10 (ten times as long); same as --folds 1-10.",
+)
+@click.option(
+    "--folds",
+    "folds_text",
+    default=None,
+    metavar="LIST",
+    help="Held-out folds to train one model each for, e.g. 1-9 or 3,4 (default: 10).",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for PyTorch (default: its own choice).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -59,6 +67,7 @@ def msn_command(
     epochs_scale: float,
     max_people: int | None,
     cv: bool,
+    folds_text: str | None,
     threads: int | None,
     no_progress: bool,
 ) -> None:
@@ -73,10 +82,14 @@ def msn_command(
 
     from .models.msn.train import MSNHyperparameters, train_lfw
 
+    if cv and folds_text is not None:
+        raise FrbError(f"--cv and --folds {folds_text!r} both choose folds; give only one of them")
+    folds = [10] if folds_text is None else parse_folds(folds_text)
+    if cv:
+        folds = list(range(1, 11))
     if threads is not None:
         torch.set_num_threads(threads)
     hp = MSNHyperparameters(seed=seed, max_people=max_people).scaled(epochs_scale)
-    folds = list(range(1, 11)) if cv else [10]
     records = train_lfw(
         resolve_data_root(data_root),
         resolve_cache_dir(cache_dir),

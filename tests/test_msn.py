@@ -222,6 +222,23 @@ def test_cli_reports_missing_data_root(tmp_path):
     assert "Traceback" not in result.output
 
 
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--folds", "1-x"], "--folds '1-x' is not a list of fold numbers"),
+        (["--folds", ","], "--folds ',' names no fold"),
+        (["--folds", "11"], "fold 11 does not exist"),
+        (["--cv", "--folds", "2"], "give only one of them"),
+    ],
+)
+def test_cli_rejects_bad_folds(data_root, tmp_path, options, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(train, ["msn", "--data-root", str(data_root), "--out", str(out), *options])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
 # --- The shipped checkpoint ----------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from ..models.base import warn_if_trained_on
-from ..models.registry import load_model, weights_sha256
+from ..models.folds import needed, weights_by_fold
+from ..models.registry import load_model
 from ..sweep.clean import cached_clean
 from ..sweep.prepare import Prepared, prepare_data
 from .protocol import decide, fold_accuracies
@@ -55,24 +56,38 @@ def evaluate(
 
     rows = []
     for name in models:
-        model = load_model(name, weights.get(name), device)
-        warn_if_trained_on(model, set(pair_folds.tolist()))
-        _, clean = cached_clean(
-            model, weights_sha256(name, weights.get(name)), prepared.faces, prepared.threshold_pairs,
-            cache_dir, batch_size, progress,
+        entries = needed(name, weights_by_fold(name, weights.get(name)), set(pair_folds.tolist()))
+        loaded = [(entry, load_model(name, entry.weights, device)) for entry in entries]
+        for entry, model in loaded:
+            served = np.array([entry.covers(fold) for fold in pair_folds])
+            warn_if_trained_on(model, set(pair_folds[served].tolist()))
+            _, clean = cached_clean(
+                model, entry.sha256, prepared.faces, prepared.threshold_pairs, cache_dir, batch_size, progress
+            )
+            for module, scores in clean.scores.items():
+                thresholds = np.array([clean.thresholds[module][fold] for fold in pair_folds[served]])
+                decisions = decide(scores[in_run][served], thresholds)
+                accuracies = fold_accuracies(decisions, labels[served], pair_folds[served])
+                for fold, accuracy in accuracies.items():
+                    rows.append(
+                        {
+                            "model": name,
+                            "module": module,
+                            "fold": fold,
+                            "n_pairs": int((pair_folds == fold).sum()),
+                            "threshold": clean.thresholds[module][fold],
+                            "accuracy": accuracy,
+                        }
+                    )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        # With one model per fold the rows arrive fold by fold; list them module by module.
+        first_seen = {
+            column: {value: i for i, value in enumerate(dict.fromkeys(frame[column]))} for column in ("model", "module")
+        }
+        frame = frame.sort_values(
+            ["model", "module", "fold"],
+            key=lambda column: column.map(first_seen[column.name]) if column.name in first_seen else column,
+            kind="stable",
         )
-        for module, scores in clean.scores.items():
-            thresholds = np.array([clean.thresholds[module][fold] for fold in pair_folds])
-            accuracies = fold_accuracies(decide(scores[in_run], thresholds), labels, pair_folds)
-            for fold, accuracy in accuracies.items():
-                rows.append(
-                    {
-                        "model": name,
-                        "module": module,
-                        "fold": fold,
-                        "n_pairs": int((pair_folds == fold).sum()),
-                        "threshold": clean.thresholds[module][fold],
-                        "accuracy": accuracy,
-                    }
-                )
-    return Evaluation(folds=pd.DataFrame(rows), prepared=prepared)
+    return Evaluation(folds=frame.reset_index(drop=True), prepared=prepared)

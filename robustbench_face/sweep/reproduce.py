@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..attacks.specs import build_spec, load_spec
 from ..errors import FrbError
+from ..models.folds import weights_by_fold
 from ..models.registry import load_model
 from ..results.plot import plot_panels
 from ..results.writer import write_json
@@ -51,12 +52,17 @@ class ReproducedRun:
 def folds_for(model_name: str, cfg: RunConfig) -> list[int] | None:
     """Return the folds to attack `model_name` on: `cfg.folds` when given, else its held-out folds (None: all).
 
-    A model that trained on LFW without recording a held-out fold gets all
-    folds, and the run warns that they include its training people.
+    Cross-validation weights (one file per held-out fold) give the folds
+    they have files for. A model that trained on LFW without recording a
+    held-out fold gets all folds, and the run warns that they include its
+    training people.
     """
     if cfg.folds is not None:
         return cfg.folds
-    held_out = load_model(model_name, cfg.weights.get(model_name), cfg.device).lfw_test_folds()
+    entries = weights_by_fold(model_name, cfg.weights.get(model_name))
+    if entries[0].folds is not None:
+        return sorted(fold for entry in entries for fold in entry.folds or ())
+    held_out = load_model(model_name, entries[0].weights, cfg.device).lfw_test_folds()
     return sorted(held_out) if held_out else None
 
 

@@ -21,8 +21,9 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from ..errors import FrbError
-from ..models.base import warn_if_trained_on
-from ..models.registry import load_model, weights_sha256
+from ..models.base import Verifier, warn_if_trained_on
+from ..models.folds import FoldWeights, identity_of, needed, weights_by_fold
+from ..models.registry import load_model
 from ..results.curves import summarise_pairs, summarise_timings
 from ..results.plot import plot_curves
 from ..results.provenance import build_record
@@ -56,25 +57,35 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     started = time.time()
     torch.manual_seed(cfg.seed)
     prepared = prepare_data(cfg.data_root, cfg.cache_dir, cfg.folds, cfg.per_fold, cfg.skip_missing, cfg.progress)
+    run_folds = {pair.fold for pair in prepared.run_pairs}
+    entries = {name: needed(name, weights_by_fold(name, cfg.weights.get(name)), run_folds) for name in cfg.models}
     # Load every model before touching the output folder, so that missing or
     # corrupt weights fail without leaving a half-made run behind.
-    models = {name: load_model(name, cfg.weights.get(name), cfg.device) for name in cfg.models}
-    for model in models.values():
-        warn_if_trained_on(model, {pair.fold for pair in prepared.run_pairs})
-    weights_hashes = {name: weights_sha256(name, cfg.weights.get(name)) for name in cfg.models}
-    identity = cfg.identity(prepared.data_hash, weights_hashes)
+    models = {
+        (name, entry.weights): load_model(name, entry.weights, cfg.device)
+        for name in cfg.models
+        for entry in entries[name]
+    }
+    for name in cfg.models:
+        for entry in entries[name]:
+            warn_if_trained_on(models[name, entry.weights], {fold for fold in run_folds if entry.covers(fold)})
+    identity = cfg.identity(prepared.data_hash, {name: identity_of(entries[name]) for name in cfg.models})
     run_hash = identity_hash(identity)
     out = out or Path("results") / f"{cfg.spec.attack}-{run_hash}"
     parts_dir = _claim_output(out, run_hash)
 
     resumed = computed = 0
-    for name, model in models.items():
-        tasks = _chunk_tasks(cfg, name, model, weights_hashes[name], prepared)
+    for name in cfg.models:
+        tasks = [
+            task
+            for entry in entries[name]
+            for task in _chunk_tasks(cfg, name, models[name, entry.weights], entry, prepared)
+        ]
         todo = {index: task for index, task in enumerate(tasks) if not _part_path(parts_dir, name, index).is_file()}
         resumed += len(tasks) - len(todo)
         bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"{cfg.spec.attack} {name}",
                    unit="chunk", disable=not cfg.progress)
-        for index, rows in _execute(todo, cfg.jobs, model):
+        for index, rows in _execute(todo, cfg.jobs, models):
             write_csv(_part_path(parts_dir, name, index), rows)
             computed += 1
             bar.update(1)
@@ -91,19 +102,20 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     return RunOutput(out=out, curves=curves, resumed_chunks=resumed, computed_chunks=computed)
 
 
-def _chunk_tasks(cfg: RunConfig, name: str, model, weights_hash: str, prepared: Prepared) -> list[ChunkTask]:
-    """Cut the attacked pairs into chunks that carry their own inputs."""
+def _chunk_tasks(cfg: RunConfig, name: str, model: Verifier, entry: FoldWeights, prepared: Prepared) -> list[ChunkTask]:
+    """Cut the attacked pairs that `entry` scores into chunks that carry their own inputs."""
     embeddings, clean = cached_clean(
-        model, weights_hash, prepared.faces, prepared.threshold_pairs, cfg.cache_dir, cfg.batch_size, cfg.progress
+        model, entry.sha256, prepared.faces, prepared.threshold_pairs, cfg.cache_dir, cfg.batch_size, cfg.progress
     )
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
+    pairs = [pair for pair in prepared.run_pairs if entry.covers(pair.fold)]
     tasks = []
-    for start in range(0, len(prepared.run_pairs), CHUNK_PAIRS):
-        chunk = prepared.run_pairs[start : start + CHUNK_PAIRS]
+    for start in range(0, len(pairs), CHUNK_PAIRS):
+        chunk = pairs[start : start + CHUNK_PAIRS]
         tasks.append(
             ChunkTask(
                 model_name=name,
-                weights=cfg.weights.get(name),
+                weights=entry.weights,
                 spec=cfg.spec,
                 seed=cfg.seed,
                 batch_size=cfg.batch_size,
@@ -120,11 +132,15 @@ def _chunk_tasks(cfg: RunConfig, name: str, model, weights_hash: str, prepared: 
     return tasks
 
 
-def _execute(todo: dict[int, ChunkTask], jobs: int, model):
-    """Yield `(chunk index, rows)` as chunks finish, in this process or in `jobs` workers."""
+def _execute(todo: dict[int, ChunkTask], jobs: int, models: dict[tuple[str, Path | None], Verifier]):
+    """Yield `(chunk index, rows)` as chunks finish, in this process or in `jobs` workers.
+
+    `models` holds the loaded models by name and weights, which this
+    process reuses; workers load their own.
+    """
     if jobs == 1:
         for index, task in todo.items():
-            yield index, attack_chunk(task, model)
+            yield index, attack_chunk(task, models[task.model_name, task.weights])
         return
     indices = list(todo)
     # Workers load their own copy of the model; results come back as they
