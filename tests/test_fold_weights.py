@@ -91,7 +91,8 @@ def test_missing_fold_fails_before_any_output(cv_folder: Path, data_root: Path, 
     )
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "msn-fold3.pt" in errors[0], result.output
+    assert len(errors) == 1, result.output
+    assert "msn-fold3.pt" in errors[0]
     assert not out.exists()
 
 

@@ -51,7 +51,7 @@ def fold_checkpoints(name: str, folder: Path) -> dict[int, Path]:
 def weights_by_fold(name: str, weights: Path | None) -> list[FoldWeights]:
     """Return the weights of model `name`: a single entry, or one per fold for a cross-validation folder.
 
-    A folder counts as cross-validation weights when it holds
+    A folder counts as cross-validation weights when it contains
     `<name>-fold<k>.pt` files. Anything else is one weights file (or, for
     dlib-resnet, one weights folder) used for every fold.
     """

@@ -135,7 +135,7 @@ def _chunk_tasks(cfg: RunConfig, name: str, model: Verifier, entry: FoldWeights,
 def _execute(todo: dict[int, ChunkTask], jobs: int, models: dict[tuple[str, Path | None], Verifier]):
     """Yield `(chunk index, rows)` as chunks finish, in this process or in `jobs` workers.
 
-    `models` holds the loaded models by name and weights, which this
+    `models` maps name and weights to the loaded models, which this
     process reuses; workers load their own.
     """
     if jobs == 1:
