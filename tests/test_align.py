@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 
 import facenet_pytorch
@@ -20,6 +21,7 @@ from robustbench_face.data.align import (
     FaceAligner,
     align_paths,
     faces_to_tensor,
+    file_sha256,
     image_key,
     load_image,
     select_face,
@@ -236,6 +238,48 @@ def test_corrupt_cache_entry_recomputed(
     repaired = cache.load(image_key(path, data_root))
     assert repaired is not None
     assert_same_face(repaired, original)
+
+
+def test_replaced_image_is_aligned_again(data_root: Path, aligner: FaceAligner, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    path = IMAGES[0]
+    target = root / path
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(data_root / path, target)
+    (first,) = align_paths([path], root, tmp_path / "cache", progress=False, aligner=aligner)
+
+    # The same path now holds another person's photo.
+    shutil.copyfile(data_root / IMAGES[1], target)
+    (second,) = align_paths([path], root, tmp_path / "cache", progress=False, aligner=aligner)
+    (expected,) = align_paths([IMAGES[1]], data_root, tmp_path / "fresh", progress=False, aligner=aligner)
+
+    assert not np.array_equal(second.crop, first.crop)
+    assert_same_face(second, expected)
+
+
+def test_entry_without_digest_is_kept_and_stamped(data_root: Path, aligner: FaceAligner, tmp_path: Path) -> None:
+    path = IMAGES[0]
+    (original,) = align_paths([path], data_root, tmp_path, progress=False, aligner=aligner)
+    cache = AlignmentCache(tmp_path, aligner.settings)
+    key = image_key(path, data_root)
+    # An entry as written before entries recorded their image's digest.
+    np.savez(
+        cache.entry_path(key),
+        crop=original.crop,
+        landmarks=original.landmarks,
+        fallback=False,
+        probability=original.probability,
+        source_landmarks=original.source_landmarks,
+        box=original.box,
+    )
+    assert cache.load(key).source_sha256 is None
+
+    fresh = FaceAligner()
+    (again,) = align_paths([path], data_root, tmp_path, progress=False, aligner=fresh)
+
+    assert not fresh.detector_loaded
+    assert_same_face(again, original)
+    assert cache.load(key).source_sha256 == file_sha256(data_root / path)
 
 
 def test_no_face_uses_fallback(

@@ -16,7 +16,9 @@ NOTE: MTCNN's landmarks are read in this convention too. facenet-pytorch
 fix their convention to better than about half a pixel.
 
 The cache stores one `.npz` per image under
-`<cache_dir>/aligned/<settings digest>/<image path relative to the data root>.npz`.
+`<cache_dir>/aligned/<settings digest>/<image path relative to the data root>.npz`,
+with the sha256 of the image it came from, so that a changed image is
+aligned again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -117,7 +119,8 @@ class AlignedFace:
     `source_landmarks` float32 (5, 2) and `box` float32 (x1, y1, x2, y2) are
     in source-image pixels. `fallback` is set when MTCNN found no face and
     the fixed LFW landmarks were used, and then `box` and `probability`
-    (MTCNN's face score) are NaN.
+    (MTCNN's face score) are NaN. `source_sha256` is the hex digest of the
+    image file the face was aligned from, when known.
     """
 
     crop: np.ndarray
@@ -126,6 +129,7 @@ class AlignedFace:
     probability: float
     source_landmarks: np.ndarray
     box: np.ndarray
+    source_sha256: str | None = None
 
 
 def faces_to_tensor(faces: Sequence[AlignedFace]) -> torch.Tensor:
@@ -134,6 +138,17 @@ def faces_to_tensor(faces: Sequence[AlignedFace]) -> torch.Tensor:
         raise ValueError("faces_to_tensor needs at least one face")
     crops = np.stack([face.crop for face in faces])
     return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the hex sha256 of a file's bytes, raising FrbError that names the file if it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FrbError(f"image {path} not found; check the data root (--data-root or ${DATA_ROOT_ENV})") from None
+    except OSError as exc:
+        raise FrbError(f"image {path} cannot be read ({exc.strerror}); check its permissions or replace it") from None
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -342,10 +357,12 @@ class AlignmentCache:
         """Return the file that stores the image at relative path `key`."""
         return self.root / f"{key}.npz"
 
-    # NOTE: entries are keyed by path and aligner settings only, so an image
-    # replaced in place keeps its old crop until the cache folder is deleted.
     def load(self, key: str) -> AlignedFace | None:
-        """Return the cached face, or None if it is missing or damaged (with a warning)."""
+        """Return the cached face, or None if it is missing or damaged (with a warning).
+
+        The face's `source_sha256` is None for an entry written before
+        entries recorded the digest of their image.
+        """
         path = self.entry_path(key)
         try:
             with np.load(path, allow_pickle=False) as entry:
@@ -356,6 +373,7 @@ class AlignmentCache:
                     probability=float(entry["probability"]),
                     source_landmarks=entry["source_landmarks"],
                     box=entry["box"],
+                    source_sha256=str(entry["source_sha256"]) if "source_sha256" in entry.files else "",
                 )
         except FileNotFoundError:
             return None
@@ -365,6 +383,8 @@ class AlignmentCache:
             )
             return None
 
+        # Both a missing and an empty digest mean "not recorded".
+        face = replace(face, source_sha256=face.source_sha256 or None)
         problem = self._check_entry(face)
         if problem:
             log.warning("cache entry %s is invalid (%s); aligning the image again", path, problem)
@@ -404,6 +424,7 @@ class AlignmentCache:
                     probability=np.float64(face.probability),
                     source_landmarks=face.source_landmarks,
                     box=face.box,
+                    source_sha256=np.str_(face.source_sha256 or ""),
                 )
             os.replace(temporary, path)
         except BaseException:
@@ -459,15 +480,29 @@ def align_paths(
     cache = AlignmentCache(resolve_cache_dir(cache_dir), aligner.settings)
 
     keys = [image_key(path, root) for path in relpaths]
+    # Entries are checked against the bytes of their image, so an image
+    # replaced in place is aligned again.
+    digests = {key: file_sha256(root / key) for key in dict.fromkeys(keys)}
     faces: dict[str, AlignedFace] = {}
     missing: list[str] = []
-    for key in dict.fromkeys(keys):
+    changed = 0
+    for key, digest in digests.items():
         cached = cache.load(key)
+        if cached is not None and cached.source_sha256 is None:
+            # An entry from before digests were recorded: trusted, as it always
+            # was, and stamped with the image's current digest.
+            cached = replace(cached, source_sha256=digest)
+            cache.store(key, cached)
+        if cached is not None and cached.source_sha256 != digest:
+            changed += 1
+            cached = None
         if cached is None:
             missing.append(key)
         else:
             faces[key] = cached
 
+    if changed:
+        log.info("%d images changed since they were cached; aligning them again", changed)
     if missing:
         log.info("aligning %d images; %d others were found in the cache %s", len(missing), len(faces), cache.root)
     with tqdm(total=len(missing), desc="aligning faces", unit="img", disable=not progress or not missing) as bar:
@@ -475,6 +510,7 @@ def align_paths(
             batch = missing[start : start + batch_size]
             images = [load_image(root / key) for key in batch]
             for key, face in zip(batch, aligner.align(images, names=batch)):
+                face = replace(face, source_sha256=digests[key])
                 cache.store(key, face)
                 faces[key] = face
             bar.update(len(batch))
