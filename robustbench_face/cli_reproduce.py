@@ -30,7 +30,8 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
 
     FGSM and FFGSM over eps 0 to 0.1 and DeepFool over 0 to 10 steps, each
     as an ordinary run in OUT/<spec>/<model>/. A model trained on LFW (MSN)
-    is attacked on its held-out fold only, unless --folds is given. Writes
+    is attacked on its held-out fold only, unless --folds is given; with
+    --weights msn=DIR of per-fold files, on every fold DIR has a file for. Writes
     OUT/reproduce.json with the wall time of every run and OUT/robustness.png.
     """
     from .attacks.budgets import AttackSpec
@@ -51,6 +52,16 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
     total = 0.0
     for item in runs:
         total += item.seconds
-        folds = "all folds" if item.folds is None else "fold " + ",".join(map(str, item.folds))
-        click.echo(f"{item.spec:<9} {item.model:<12} {folds:<10} {item.seconds:8.0f} s  {item.out}")
+        click.echo(f"{item.spec:<9} {item.model:<12} {_describe_folds(item.folds):<10} {item.seconds:8.0f} s  {item.out}")
     click.echo(f"total {total:.0f} s; record in {out / 'reproduce.json'}, figure {out / 'robustness.png'}")
+
+
+def _describe_folds(folds: list[int] | None) -> str:
+    """Name a fold list briefly: "all folds", "fold 10", "folds 1-10" or "folds 1,3"."""
+    if folds is None:
+        return "all folds"
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    if folds == list(range(folds[0], folds[-1] + 1)):
+        return f"folds {folds[0]}-{folds[-1]}"
+    return "folds " + ",".join(map(str, folds))

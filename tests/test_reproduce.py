@@ -122,3 +122,13 @@ def test_repeated_spec_runs_once(data_root: Path, cache_dir: Path, tmp_path: Pat
     other = invoke(*reproduce_args(data_root, cache_dir, out, *args, "--seed", "1"))
     assert other.exit_code == 2
     assert "contains a reproduction with other settings" in other.output
+
+
+@pytest.mark.parametrize(
+    ("folds", "text"),
+    [(None, "all folds"), ([10], "fold 10"), (list(range(1, 11)), "folds 1-10"), ([1, 3], "folds 1,3")],
+)
+def test_fold_lists_are_named_briefly(folds, text) -> None:
+    from robustbench_face.cli_reproduce import _describe_folds
+
+    assert _describe_folds(folds) == text
