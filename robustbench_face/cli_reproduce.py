@@ -36,6 +36,7 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
     """
     from .attacks.budgets import AttackSpec
     from .attacks.specs import shipped_specs
+    from .models.folds import describe_folds
     from .sweep.reproduce import reproduce
 
     # Each spec runs once, in the order first given, as --folds drops repeats too.
@@ -52,16 +53,6 @@ def reproduce_command(specs_text, seed, jobs, out, data_root, cache_dir, models_
     total = 0.0
     for item in runs:
         total += item.seconds
-        click.echo(f"{item.spec:<9} {item.model:<12} {_describe_folds(item.folds):<10} {item.seconds:8.0f} s  {item.out}")
+        click.echo(f"{item.spec:<9} {item.model:<12} {describe_folds(item.folds):<10} {item.seconds:8.0f} s  {item.out}")
     click.echo(f"total {total:.0f} s; record in {out / 'reproduce.json'}, figure {out / 'robustness.png'}")
 
-
-def _describe_folds(folds: list[int] | None) -> str:
-    """Name a fold list briefly: "all folds", "fold 10", "folds 1-10" or "folds 1,3"."""
-    if folds is None:
-        return "all folds"
-    if len(folds) == 1:
-        return f"fold {folds[0]}"
-    if folds == list(range(folds[0], folds[-1] + 1)):
-        return f"folds {folds[0]}-{folds[-1]}"
-    return "folds " + ",".join(map(str, folds))

@@ -129,6 +129,6 @@ def test_repeated_spec_runs_once(data_root: Path, cache_dir: Path, tmp_path: Pat
     [(None, "all folds"), ([10], "fold 10"), (list(range(1, 11)), "folds 1-10"), ([1, 3], "folds 1,3")],
 )
 def test_fold_lists_are_named_briefly(folds, text) -> None:
-    from robustbench_face.cli_reproduce import _describe_folds
+    from robustbench_face.models.folds import describe_folds
 
-    assert _describe_folds(folds) == text
+    assert describe_folds(folds) == text

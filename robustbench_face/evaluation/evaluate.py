@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 
 from ..models.base import warn_if_trained_on
-from ..models.folds import needed, weights_by_fold
-from ..models.registry import load_model
+from ..models.folds import load_entry, needed, weights_by_fold
 from ..sweep.clean import cached_clean
-from ..sweep.prepare import Prepared, prepare_data
+from ..sweep.prepare import Prepared, align_data, select_data
 from .protocol import decide, fold_accuracies
 
 
@@ -48,7 +47,17 @@ def evaluate(
 ) -> Evaluation:
     """Score clean pairs and apply the LFW protocol's held-out thresholds."""
     weights = weights or {}
-    prepared = prepare_data(data_root, cache_dir, folds, per_fold, skip_missing, progress)
+    selection = select_data(data_root, folds, per_fold, skip_missing)
+    run_folds = {pair.fold for pair in selection.run_pairs}
+    # Weights are found and loaded before the slow alignment, so that a bad file fails at once.
+    loaded = {
+        name: [
+            (entry, load_entry(entry, device))
+            for entry in needed(name, weights_by_fold(name, weights.get(name)), run_folds)
+        ]
+        for name in models
+    }
+    prepared = align_data(selection, cache_dir, progress)
     wanted = {pair.pair_id for pair in prepared.run_pairs}
     in_run = np.array([pair.pair_id in wanted for pair in prepared.threshold_pairs])
     labels = np.array([pair.same for pair in prepared.threshold_pairs])[in_run]
@@ -56,9 +65,7 @@ def evaluate(
 
     rows = []
     for name in models:
-        entries = needed(name, weights_by_fold(name, weights.get(name)), set(pair_folds.tolist()))
-        loaded = [(entry, load_model(name, entry.weights, device)) for entry in entries]
-        for entry, model in loaded:
+        for entry, model in loaded[name]:
             served = np.array([entry.covers(fold) for fold in pair_folds])
             warn_if_trained_on(model, set(pair_folds[served].tolist()))
             _, clean = cached_clean(

@@ -24,6 +24,8 @@ class ModelEntry:
     load: Callable[[Path | None], Verifier]
     # The weights file used when the user gives none.
     default_weights: Callable[[], Path]
+    # Whether the model's own weights come as a folder (dlib-resnet: manifest plus .bin).
+    weights_folder: bool = False
 
 
 def _load_dlib(weights: Path | None) -> Verifier:
@@ -68,7 +70,13 @@ def _msn_weights() -> Path:
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
-        ModelEntry("dlib-resnet", "dlib's ResNet metric network, 128-d (weights ship with the package)", _load_dlib, _dlib_weights),
+        ModelEntry(
+            "dlib-resnet",
+            "dlib's ResNet metric network, 128-d (weights ship with the package)",
+            _load_dlib,
+            _dlib_weights,
+            weights_folder=True,
+        ),
         ModelEntry("facenet", "facenet-pytorch InceptionResnetV1, VGGFace2 weights", _load_facenet, _facenet_weights),
         ModelEntry(
             "msn",

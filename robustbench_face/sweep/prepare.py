@@ -31,17 +31,25 @@ class Prepared:
         return self.faces.relpaths
 
 
-def prepare_data(
+@dataclass
+class Selection:
+    """The pairs of a run or an evaluation, checked but not yet aligned."""
+
+    lfw: LFW
+    threshold_pairs: list[Pair]  # every fold, for the protocol's thresholds
+    run_pairs: list[Pair]  # the folds that are attacked or evaluated
+    skipped: list[Pair]
+
+
+def select_data(
     data_root: Path,
-    cache_dir: Path,
     folds: list[int] | None = None,
     per_fold: int | None = None,
     skip_missing: bool = False,
-    progress: bool = True,
-) -> Prepared:
-    """Parse and select pairs, check their images, and align the faces.
+) -> Selection:
+    """Parse and select pairs and check that their images exist; fast, so callers can check models next.
 
-    Thresholds need every fold, so all folds are loaded (each limited to
+    Thresholds need every fold, so all folds are selected (each limited to
     `per_fold` pairs); `folds` picks the folds to attack or report.
     """
     lfw = locate_lfw(data_root)
@@ -50,23 +58,39 @@ def prepare_data(
     if folds is not None:
         select_pairs(all_pairs, folds=folds)  # validates the fold ids
     checked = check_images(lfw, selected, skip_missing=skip_missing)
-    threshold_pairs = checked.pairs
     wanted = set(folds) if folds is not None else None
-    run_pairs = [pair for pair in threshold_pairs if wanted is None or pair.fold in wanted]
+    run_pairs = [pair for pair in checked.pairs if wanted is None or pair.fold in wanted]
+    return Selection(lfw=lfw, threshold_pairs=checked.pairs, run_pairs=run_pairs, skipped=checked.skipped)
 
-    relpaths = sorted({rel for pair in threshold_pairs for rel in (pair.probe, pair.reference)})
+
+def align_data(selection: Selection, cache_dir: Path, progress: bool = True) -> Prepared:
+    """Align the faces of every selected pair (the slow part, cached on disk) and hash the data."""
+    lfw = selection.lfw
+    relpaths = sorted({rel for pair in selection.threshold_pairs for rel in (pair.probe, pair.reference)})
     faces = load_faces(lfw, relpaths, cache_dir, progress=progress)
     if faces.fallbacks:
         log.warning("%d of %d images had no detected face and use the fallback alignment", len(faces.fallbacks), len(relpaths))
     return Prepared(
         lfw=lfw,
-        threshold_pairs=threshold_pairs,
-        run_pairs=run_pairs,
-        skipped=checked.skipped,
+        threshold_pairs=selection.threshold_pairs,
+        run_pairs=selection.run_pairs,
+        skipped=selection.skipped,
         faces=faces,
         data_hash=data_hash(lfw, relpaths),
         fallback_images=faces.fallbacks,
     )
+
+
+def prepare_data(
+    data_root: Path,
+    cache_dir: Path,
+    folds: list[int] | None = None,
+    per_fold: int | None = None,
+    skip_missing: bool = False,
+    progress: bool = True,
+) -> Prepared:
+    """Select the pairs and align their faces: `select_data` then `align_data`."""
+    return align_data(select_data(data_root, folds, per_fold, skip_missing), cache_dir, progress)
 
 
 def data_hash(lfw: LFW, relpaths: list[str]) -> str:

@@ -5,9 +5,12 @@ steps) for each model, one ordinary run per (spec, model) under
 `OUT/<spec>/<model>/`, so each resumes on its own like `frb run`. A model
 trained on LFW (MSN) is attacked only on the folds it held out unless
 `--folds` says otherwise, because its accuracy on its training people is
-not a test result. The wall time of every run, and of the whole command,
-goes into `OUT/reproduce.json`; `OUT/robustness.png` and `.pdf` draw all
-curves side by side.
+not a test result. With per-fold weights (one file per held-out fold) a
+model gets one run per fold, in `OUT/<spec>/<model>/fold-01/` and so on,
+and its folder holds their merged `curves.csv` and `pairs.csv`. The wall
+time of every run, and of the whole command, goes into
+`OUT/reproduce.json`; `OUT/robustness.png` and `.pdf` draw all curves
+side by side.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..attacks.budgets import AttackSpec
 from ..attacks.specs import build_spec, load_spec
+from ..data.lfw import locate_lfw
+from ..data.pairs import parse_pairs
 from ..errors import FrbError
-from ..models.folds import weights_by_fold
-from ..models.registry import load_model
+from ..models.folds import describe_folds, load_entry, needed, weights_by_fold
+from ..results.curves import CURVE_KEYS
 from ..results.plot import plot_panels
-from ..results.writer import write_json
+from ..results.writer import write_csv, write_json
 from .config import RunConfig, identity_hash
-from .runner import RUN_MARKER, check_output_folder, run
+from .runner import RUN_MARKER, RunOutput, check_output_folder, run
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +41,18 @@ log = logging.getLogger(__name__)
 MARKER = ".frb-reproduce"
 
 
+@dataclass(frozen=True)
+class RunPart:
+    """One ordinary run of a model within a spec: its folds, its weights and its subfolder (None: none)."""
+
+    folds: list[int] | None
+    weights: Path | None
+    subfolder: str | None
+
+
 @dataclass
 class ReproducedRun:
-    """One (spec, model) run of a reproduction."""
+    """The result of one (spec, model): one run, or one run per fold for per-fold weights."""
 
     spec: str
     model: str
@@ -49,21 +64,33 @@ class ReproducedRun:
     curves: pd.DataFrame
 
 
-def folds_for(model_name: str, cfg: RunConfig) -> list[int] | None:
-    """Return the folds to attack `model_name` on: `cfg.folds` when given, else its held-out folds (None: all).
+def plan_model(model_name: str, cfg: RunConfig, lfw_folds: set[int]) -> list[RunPart]:
+    """Load and check the weights of `model_name` and return the runs that reproduce it.
 
-    Cross-validation weights (one file per held-out fold) give the folds
-    they have files for. A model that trained on LFW without recording a
-    held-out fold gets all folds, and the run warns that they include its
-    training people.
+    Per-fold weights (a folder of `<name>-fold<k>.pt`) give one run per
+    fold, in subfolders `fold-01` and so on, so that a fold file added
+    later only adds a run. A single weights file gives one run, on
+    `cfg.folds` when given, else on the folds it held out. A model not
+    trained on LFW has no held-out folds and runs on all folds, and so
+    does an LFW-trained one without a training record (its runs warn
+    about that). `lfw_folds` are the folds of the pairs file.
     """
-    if cfg.folds is not None:
-        return cfg.folds
     entries = weights_by_fold(model_name, cfg.weights.get(model_name))
-    if entries[0].folds is not None:
-        return sorted(fold for entry in entries for fold in entry.folds or ())
-    held_out = load_model(model_name, entries[0].weights, cfg.device).lfw_test_folds()
-    return sorted(held_out) if held_out else None
+    if entries[0].folds is None:
+        held_out = load_entry(entries[0], cfg.device).lfw_test_folds()
+        folds = cfg.folds if cfg.folds is not None else (sorted(held_out) if held_out else None)
+        return [RunPart(folds, entries[0].weights, None)]
+    for entry in entries:
+        if entry.folds[0] not in lfw_folds:
+            raise FrbError(
+                f"{entry.weights} is for fold {entry.folds[0]}, but the pairs file has {describe_folds(lfw_folds)}; "
+                "remove or rename that file"
+            )
+    if cfg.folds is not None:
+        entries = needed(model_name, entries, cfg.folds)
+    for entry in entries:
+        load_entry(entry, cfg.device)  # checks the file and its held-out fold before any sweep
+    return [RunPart([entry.folds[0]], entry.weights, f"fold-{entry.folds[0]:02d}") for entry in entries]
 
 
 def reproduce(cfg: RunConfig, out: Path, specs: tuple[str, ...], command: str) -> list[ReproducedRun]:
@@ -74,26 +101,16 @@ def reproduce(cfg: RunConfig, out: Path, specs: tuple[str, ...], command: str) -
     jobs, device) applies to every run.
     """
     started = time.time()
+    lfw_folds = {pair.fold for pair in parse_pairs(locate_lfw(cfg.data_root).pairs_file)}
     # Loading every model first also checks its weights before any output exists.
-    folds = {model_name: folds_for(model_name, cfg) for model_name in cfg.models}
-    plan = [(spec_name, build_spec(load_spec(spec_name))) for spec_name in specs]
-    created = _claim_output(out, cfg, folds, specs)
+    plans = {model_name: plan_model(model_name, cfg, lfw_folds) for model_name in cfg.models}
+    built = [(spec_name, build_spec(load_spec(spec_name))) for spec_name in specs]
+    created = _claim_output(out, cfg, plans, specs)
     runs: list[ReproducedRun] = []
     try:
-        for spec_name, spec in plan:
+        for spec_name, spec in built:
             for model_name in cfg.models:
-                run_cfg = replace(cfg, spec=spec, models=[model_name], folds=folds[model_name])
-                run_dir = out / spec_name / model_name
-                began = time.perf_counter()
-                result = run(run_cfg, run_dir, command=command)
-                seconds = time.perf_counter() - began
-                log.info("%s on %s: %.0f s (%d chunks computed)", spec_name, model_name, seconds, result.computed_chunks)
-                runs.append(
-                    ReproducedRun(
-                        spec_name, model_name, run_dir, folds[model_name], seconds, result.computed_chunks,
-                        result.resumed_chunks, result.curves,
-                    )
-                )
+                runs.append(_reproduce_model(cfg, spec_name, spec, model_name, plans[model_name], out, command))
     except FrbError:
         # Bad input (a missing image, a malformed pairs file) shows up in the
         # first run before it writes anything, so the claim is withdrawn.
@@ -124,29 +141,70 @@ def reproduce(cfg: RunConfig, out: Path, specs: tuple[str, ...], command: str) -
     return runs
 
 
-def _claim_output(out: Path, cfg: RunConfig, folds: dict[str, list[int] | None], specs: tuple[str, ...]) -> bool:
+def _reproduce_model(
+    cfg: RunConfig, spec_name: str, spec: AttackSpec, model_name: str, parts: list[RunPart], out: Path, command: str
+) -> ReproducedRun:
+    """Run every part of one model for one spec; per-fold runs are merged into the model folder's CSVs."""
+    model_dir = out / spec_name / model_name
+    began = time.perf_counter()
+    results: list[RunOutput] = []
+    for part in parts:
+        weights = dict(cfg.weights)
+        if part.weights is not None:
+            weights[model_name] = part.weights
+        run_cfg = replace(cfg, spec=spec, models=[model_name], folds=part.folds, weights=weights)
+        results.append(run(run_cfg, model_dir / part.subfolder if part.subfolder else model_dir, command=command))
+    seconds = time.perf_counter() - began
+    computed = sum(result.computed_chunks for result in results)
+    resumed = sum(result.resumed_chunks for result in results)
+    log.info("%s on %s: %.0f s (%d chunks computed)", spec_name, model_name, seconds, computed)
+    if parts[0].subfolder is None:
+        return ReproducedRun(spec_name, model_name, model_dir, parts[0].folds, seconds, computed, resumed, results[0].curves)
+
+    # Each fold's run has its own folder; the model folder gets their union, ordered as a single run orders rows.
+    curves = pd.concat([result.curves for result in results], ignore_index=True)
+    curves = curves.sort_values(CURVE_KEYS, kind="stable").reset_index(drop=True)
+    pairs = pd.concat([pd.read_csv(result.out / "pairs.csv") for result in results], ignore_index=True)
+    pairs = pairs.sort_values(["attacked", "module", "value", "pair_id"], kind="stable")
+    write_csv(model_dir / "curves.csv", curves)
+    write_csv(model_dir / "pairs.csv", pairs)
+    folds = [part.folds[0] for part in parts if part.folds]
+    return ReproducedRun(spec_name, model_name, model_dir, folds, seconds, computed, resumed, curves)
+
+
+def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], specs: tuple[str, ...]) -> bool:
     """Check that `out` is new or contains this same reproduction, then mark it; return whether `out` was created.
 
-    Every run folder inside is checked too, so that a conflict stops the
-    command before any sweep runs.
+    A reproduction is identified by its options, with paths made absolute.
+    The folds a weights folder contains are left out, so that a fold file
+    added later resumes the reproduction with one more run. Every run
+    folder inside is checked too, so that a conflict stops the command
+    before any sweep runs.
     """
     settings = {
         "specs": list(specs),
         "models": cfg.models,
-        "folds": folds,
+        "folds": cfg.folds,
         "per_fold": cfg.per_fold,
         "seed": cfg.seed,
         "device": cfg.device.split(":")[0],
         "skip_missing": cfg.skip_missing,
-        "weights": {name: str(path) for name, path in cfg.weights.items()},
-        "data_root": str(cfg.data_root),
+        "weights": {name: str(path.absolute()) for name, path in cfg.weights.items()},
+        "data_root": str(Path(cfg.data_root).absolute()),
     }
     key = identity_hash(settings)
     check_output_folder(out, MARKER, "reproduction", key)
     for spec_name in specs:
-        for model_name in cfg.models:
-            # Each run checks its own settings when it starts, so any run id passes here.
-            check_output_folder(out / spec_name / model_name, RUN_MARKER, "run", None)
+        for model_name, parts in plans.items():
+            model_dir = out / spec_name / model_name
+            if parts[0].subfolder is not None and (model_dir / RUN_MARKER).is_file():
+                raise FrbError(
+                    f"{model_dir} contains a run with one weights file, but {model_name} now has per-fold weights; "
+                    "choose another --out or delete that folder"
+                )
+            for part in parts:
+                # Each run checks its own settings when it starts, so any run id passes here.
+                check_output_folder(model_dir / part.subfolder if part.subfolder else model_dir, RUN_MARKER, "run", None)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

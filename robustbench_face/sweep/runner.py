@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from ..errors import FrbError
 from ..models.base import Verifier, warn_if_trained_on
-from ..models.folds import FoldWeights, identity_of, needed, weights_by_fold
-from ..models.registry import load_model
+from ..models.folds import FoldWeights, identity_of, load_entry, needed, weights_by_fold
 from ..results.curves import summarise_pairs, summarise_timings
 from ..results.plot import plot_curves
 from ..results.provenance import build_record
@@ -31,7 +30,7 @@ from ..results.writer import write_csv, write_json
 from .chunks import PAIR_COLUMNS, ChunkTask, attack_chunk
 from .clean import cached_clean
 from .config import RunConfig, identity_hash
-from .prepare import Prepared, prepare_data
+from .prepare import Prepared, align_data, select_data
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +55,14 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     """Run the sweep of `cfg` and write curves.csv, pairs.csv, timings.csv, run.json and plots."""
     started = time.time()
     torch.manual_seed(cfg.seed)
-    prepared = prepare_data(cfg.data_root, cfg.cache_dir, cfg.folds, cfg.per_fold, cfg.skip_missing, cfg.progress)
-    run_folds = {pair.fold for pair in prepared.run_pairs}
+    selection = select_data(cfg.data_root, cfg.folds, cfg.per_fold, cfg.skip_missing)
+    run_folds = {pair.fold for pair in selection.run_pairs}
     entries = {name: needed(name, weights_by_fold(name, cfg.weights.get(name)), run_folds) for name in cfg.models}
-    # Load every model before touching the output folder, so that missing or
-    # corrupt weights fail without leaving a half-made run behind.
-    models = {
-        (name, entry.weights): load_model(name, entry.weights, cfg.device)
-        for name in cfg.models
-        for entry in entries[name]
-    }
+    # Load every model before aligning faces (minutes on a cold cache) and
+    # before touching the output folder, so that missing or corrupt weights
+    # fail at once and leave no half-made run behind.
+    models = {(name, entry.weights): load_entry(entry, cfg.device) for name in cfg.models for entry in entries[name]}
+    prepared = align_data(selection, cfg.cache_dir, cfg.progress)
     for name in cfg.models:
         for entry in entries[name]:
             warn_if_trained_on(models[name, entry.weights], {fold for fold in run_folds if entry.covers(fold)})
