@@ -35,6 +35,8 @@ def _parse_weights(items: tuple[str, ...]) -> dict[str, Path]:
             raise FrbError(f"--weights {item!r} must be NAME=PATH, e.g. facenet=~/vggface2.pt")
         if name not in MODELS:
             raise FrbError(f"--weights {item!r} names unknown model {name!r}; choose from {', '.join(MODELS)}")
+        if name in weights:
+            raise FrbError(f"--weights gives {name} twice ({weights[name]} and {path}); give one path per model")
         weights[name] = Path(path).expanduser()
     return weights
 
@@ -55,7 +57,14 @@ def _models_for(text: str | None, weights: dict[str, Path]) -> list[str]:
     if text is None and weights:
         # Models given weights explicitly count as available.
         return sorted(set(available_models()) | set(weights), key=list(MODELS).index)
-    return parse_model_names(text)
+    names = parse_model_names(text)
+    unused = [name for name in weights if name not in names]
+    if unused:
+        raise FrbError(
+            f"--weights {unused[0]}={weights[unused[0]]} is for a model not in --models {text}; "
+            f"add {unused[0]} to --models or leave out its --weights"
+        )
+    return names
 
 
 common_data_options = [

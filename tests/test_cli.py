@@ -95,6 +95,13 @@ def test_rerun_resumes_without_duplicates(fgsm_run: Path, data_root: Path, cache
     assert (out / "pairs.csv").read_text() == before
 
 
+def test_rerun_with_other_settings_names_them(fgsm_run: Path, data_root: Path, cache_dir: Path) -> None:
+    result = invoke(*run_args(data_root, cache_dir, fgsm_run, "--attack", "fgsm", "--eps", "0:0.03:0.01", "--seed", "3"))
+    assert result.exit_code == 2
+    assert "contains a run with other settings" in result.output
+    assert "differing in attack, seed);" in result.output
+
+
 def test_interrupted_run_matches_uninterrupted(data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     args = ("--attack", "ffgsm", "--eps", "0.02", "--pairs", "4", "--folds", "1,2")
     full = tmp_path / "full"
@@ -187,6 +194,9 @@ def test_eval_reports_accuracy(data_root: Path, cache_dir: Path, tmp_path: Path)
         (("--attack", "fgsm", "--folds", "x"), "--folds 'x' is not a list of fold numbers"),
         (("--attack", "fgsm", "--models", "vgg"), "unknown model 'vgg'"),
         (("--attack", "fgsm", "--weights", "facenet"), "must be NAME=PATH"),
+        (("--attack", "fgsm", "--weights", "msn=/w/msn.pt"), "--weights msn=/w/msn.pt is for a model not in --models"),
+        (("--attack", "fgsm", "--weights", "dlib-resnet=/a", "--weights", "dlib-resnet=/b"),
+         "--weights gives dlib-resnet twice (/a and /b)"),
         (("--attack", "fgsm", "--device", "tpu"), "--device 'tpu' is not supported"),
         (("--spec", "nope"), "unknown spec 'nope'"),
         (("--attack", "deepfool", "--overshoot", "nan"), "--overshoot nan is invalid"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ from click.testing import CliRunner
 
 from robustbench_face.cli_train import train
 from robustbench_face.data.faces import load_faces
-from robustbench_face.data.lfw import locate_lfw
+from robustbench_face.data.lfw import LFW, locate_lfw
 from robustbench_face.data.pairs import parse_pairs, select_pairs
 from robustbench_face.errors import FrbError
 from robustbench_face.models.base import warn_if_trained_on
+from robustbench_face.models.folds import load_entry, weights_by_fold
 from robustbench_face.models.msn.network import DEFAULT_WEIGHTS, MSN, MSNArchitecture
 from robustbench_face.models.msn.regions import REGION_NAMES, RegionShapes, flip_landmarks, region_masks
 from robustbench_face.models.msn.train import (
@@ -24,6 +26,7 @@ from robustbench_face.models.msn.train import (
     TrainingState,
     load_face_set,
     read_people,
+    train_fold,
     train_msn,
 )
 
@@ -202,6 +205,31 @@ def test_resume_rejects_other_settings(tiny_faces, tmp_path):
     other = MSNHyperparameters(**{**short.to_dict(), "seed": 4})
     with pytest.raises(FrbError, match="other settings"):
         train_msn(tiny_faces, other, tmp_path / "state.pt", progress=False)
+
+
+def test_fold_training_writes_loadable_weights(tiny_faces, data_root, tmp_path):
+    counts = Counter(rel.split("/")[0] for rel in tiny_faces.relpaths)
+    people = list(counts.items())
+    a, b, c, d, e, f = counts
+    # Two folds of people and of pairs: A-D train, E and F are held out.
+    root = tmp_path / "lfw"
+    root.mkdir()
+    (root / "pairs.txt").write_text(
+        "2\t2\n"
+        f"{a}\t1\t2\n{b}\t1\t2\n{a}\t1\t{b}\t1\n{c}\t1\t{d}\t1\n"
+        f"{e}\t1\t2\n{f}\t1\t2\n{e}\t1\t{f}\t1\n{e}\t2\t{f}\t2\n"
+    )
+    lfw = LFW(root=root, images=locate_lfw(data_root).images)
+
+    record = train_fold(lfw, tiny_faces, [people[:4], people[4:]], 2, TINY, tmp_path / "out", "test", "digest",
+                        progress=False)
+
+    assert record["test_fold"] == 2
+    assert record["train_people"] == 4
+    files = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert files == ["losses-fold2.csv", "msn-fold2.json", "msn-fold2.pt", "state-fold2.pt"]
+    (entry,) = weights_by_fold("msn", tmp_path / "out")
+    assert load_entry(entry).lfw_test_folds() == (2,)
 
 
 def test_epoch_scale_keeps_one_epoch():

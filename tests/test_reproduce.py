@@ -122,6 +122,7 @@ def test_repeated_spec_runs_once(data_root: Path, cache_dir: Path, tmp_path: Pat
     other = invoke(*reproduce_args(data_root, cache_dir, out, *args, "--seed", "1"))
     assert other.exit_code == 2
     assert "contains a reproduction with other settings" in other.output
+    assert "differing in seed);" in other.output
 
 
 @pytest.mark.parametrize(

@@ -502,7 +502,7 @@ def align_paths(
             faces[key] = cached
 
     if changed:
-        log.info("%d images changed since they were cached; aligning them again", changed)
+        log.info("%d image(s) changed since they were cached; aligning them again", changed)
     if missing:
         log.info("aligning %d images; %d others were found in the cache %s", len(missing), len(faces), cache.root)
     with tqdm(total=len(missing), desc="aligning faces", unit="img", disable=not progress or not missing) as bar:

@@ -33,7 +33,7 @@ from ..results.curves import CURVE_KEYS
 from ..results.plot import plot_panels
 from ..results.writer import write_csv, write_json
 from .config import RunConfig, identity_hash
-from .runner import RUN_MARKER, RunOutput, check_output_folder, run
+from .runner import RUN_MARKER, RunOutput, check_output_folder, mark_output_folder, run
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], sp
         "data_root": str(Path(cfg.data_root).absolute()),
     }
     key = identity_hash(settings)
-    check_output_folder(out, MARKER, "reproduction", key)
+    check_output_folder(out, MARKER, "reproduction", key, settings)
     for spec_name in specs:
         for model_name, parts in plans.items():
             model_dir = out / spec_name / model_name
@@ -208,7 +208,7 @@ def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], sp
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(key + "\n", encoding="utf-8")
+        mark_output_folder(out, MARKER, key, settings)
     except OSError as err:
         raise FrbError(f"cannot create output folder {out} ({err.strerror}); choose another --out") from None
     return created

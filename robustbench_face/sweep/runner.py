@@ -9,6 +9,7 @@ order: no row is lost or written twice. Chunks are also the unit that
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -69,7 +70,7 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     identity = cfg.identity(prepared.data_hash, {name: identity_of(entries[name]) for name in cfg.models})
     run_hash = identity_hash(identity)
     out = out or Path("results") / f"{cfg.spec.attack}-{run_hash}"
-    parts_dir = _claim_output(out, run_hash)
+    parts_dir = _claim_output(out, run_hash, identity)
 
     resumed = computed = 0
     for name in cfg.models:
@@ -156,10 +157,12 @@ def _part_path(parts_dir: Path, model_name: str, index: int) -> Path:
     return parts_dir / f"{model_name}__{index:05d}.csv"
 
 
-def check_output_folder(out: Path, marker: str, kind: str, key: str | None) -> None:
+def check_output_folder(out: Path, marker: str, kind: str, key: str | None, settings: dict | None = None) -> None:
     """Raise FrbError unless `out` is missing or empty, or its `marker` file contains `key` (any key when None).
 
-    `kind` names what the marker marks ("run", "reproduction") in the error.
+    `kind` names what the marker marks ("run", "reproduction") in the
+    error. With `settings`, the error also names the settings that differ
+    from those `mark_output_folder` recorded.
     """
     if not (out.exists() and any(out.iterdir())):
         return
@@ -168,19 +171,40 @@ def check_output_folder(out: Path, marker: str, kind: str, key: str | None) -> N
         raise FrbError(f"output folder {out} is not empty and contains no frb {kind}; choose another --out")
     existing = path.read_text(encoding="utf-8").strip()
     if key is not None and existing != key:
+        differing = _differing_settings(out / f"{marker}.json", settings)
+        detail = f", differing in {', '.join(differing)}" if differing else ""
         raise FrbError(
-            f"output folder {out} contains a {kind} with other settings ({kind} {existing}, this is {key}); "
+            f"output folder {out} contains a {kind} with other settings ({kind} {existing}, this is {key}{detail}); "
             "choose another --out or delete that folder"
         )
 
 
-def _claim_output(out: Path, run_hash: str) -> Path:
+def mark_output_folder(out: Path, marker: str, key: str, settings: dict) -> None:
+    """Write the marker that `check_output_folder` reads, and the settings behind its key."""
+    (out / marker).write_text(key + "\n", encoding="utf-8")
+    write_json(out / f"{marker}.json", settings)
+
+
+def _differing_settings(path: Path, settings: dict | None) -> list[str]:
+    """Name the top-level settings that differ from those recorded in `path` (none if unknown)."""
+    if settings is None or not path.is_file():
+        return []
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    # Compare as JSON, the form in which the settings were recorded.
+    current = json.loads(json.dumps(settings, default=str))
+    names = sorted(set(recorded) | set(current))
+    return [name for name in names if recorded.get(name) != current.get(name)]
+
+
+def _claim_output(out: Path, run_hash: str, identity: dict) -> Path:
     """Check that `out` is empty or contains this same run, and return its parts folder."""
-    check_output_folder(out, RUN_MARKER, "run", run_hash)
-    marker = out / RUN_MARKER
+    check_output_folder(out, RUN_MARKER, "run", run_hash, identity)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run_hash + "\n")
+        mark_output_folder(out, RUN_MARKER, run_hash, identity)
         parts = out / ".parts"
         parts.mkdir(exist_ok=True)
     except OSError as err:

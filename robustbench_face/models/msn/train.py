@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from ...data.lfw import LFW, locate_lfw
 from ...data.pairs import Pair, image_relpath, parse_pairs
 from ...errors import FrbError
 from ...evaluation.protocol import best_threshold
+from ...results.writer import atomic_write_bytes
 from ..dlib_resnet import INPUT_DIVISOR, MEAN_RGB_255, DlibResNet
 from .network import MSN, MSNArchitecture, RegionModule, resize_faces
 from .regions import REGION_NAMES, RegionShapes, flip_landmarks, region_masks, scale_landmarks
@@ -846,8 +848,11 @@ def train_fold(
         "msn_accuracy_at_0.5": result.decision_accuracy,
     }
     weights_path = out_dir / f"msn-{stem}.pt"
-    torch.save(model.checkpoint(metadata=record, half=True), weights_path)
-    (out_dir / f"msn-{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    # Written whole or not at all, because runs may read this folder while other folds still train.
+    buffer = io.BytesIO()
+    torch.save(model.checkpoint(metadata=record, half=True), buffer)
+    atomic_write_bytes(weights_path, buffer.getvalue())
+    atomic_write_bytes(out_dir / f"msn-{stem}.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))
     logger.info("Wrote %s (%.1f MB)", weights_path, weights_path.stat().st_size / 1e6)
     return record
 
@@ -866,7 +871,9 @@ def train_lfw(
     people_folds = read_people(lfw.root / "people.txt")
     for fold in test_folds:
         if not 1 <= fold <= len(people_folds):
-            raise FrbError(f"fold {fold} does not exist; people.txt has folds 1 to {len(people_folds)}")
+            raise FrbError(
+                f"fold {fold} does not exist; people.txt has folds 1 to {len(people_folds)}, so choose --folds among them"
+            )
     everyone = [person for people in people_folds for person in people]
     all_faces = load_face_set(lfw, everyone, cache_dir, hp.architecture.image_size, progress=progress)
     logger.info("Loaded %d faces of %d people", len(all_faces), len(everyone))
