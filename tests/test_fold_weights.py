@@ -211,3 +211,11 @@ def test_reproduce_resumes_when_a_fold_is_added(cv_folder: Path, data_root: Path
     assert len(merged) == sum(len(part) for part in parts)
     curves = pd.read_csv(out / "fgsm" / "msn" / "curves.csv")
     assert sorted(set(curves["fold"])) == [1, 2]
+
+
+def test_untrainable_model_gets_no_train_hint(tmp_path: Path) -> None:
+    with pytest.raises(FrbError, match=r"facenet-fold<k>\.pt files; give a weights file$"):
+        weights_by_fold("facenet", tmp_path)
+    (tmp_path / "facenet-fold1.pt").write_bytes(b"")
+    with pytest.raises(FrbError, match=r"for fold 2 \(it has fold 1\); pass --folds 1$"):
+        needed("facenet", weights_by_fold("facenet", tmp_path), [1, 2])

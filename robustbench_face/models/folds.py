@@ -88,10 +88,10 @@ def weights_by_fold(name: str, weights: Path | None) -> list[FoldWeights]:
         if per_fold:
             return [FoldWeights(name, path, (fold,)) for fold, path in per_fold.items()]
         if not MODELS[name].weights_folder:
-            raise FrbError(
-                f"--weights {name}={weights} is a folder without {name}-fold<k>.pt files; give a weights file, "
-                f"or a folder written by `frb train {name} --cv --out {weights}`"
-            )
+            fix = "give a weights file"
+            if MODELS[name].trainable:
+                fix += f", or a folder written by `frb train {name} --cv --out {weights}`"
+            raise FrbError(f"--weights {name}={weights} is a folder without {name}-fold<k>.pt files; {fix}")
     return [FoldWeights(name, weights, None)]
 
 
@@ -110,10 +110,13 @@ def needed(name: str, entries: list[FoldWeights], folds: Iterable[int]) -> list[
         folder = entries[0].weights.parent if entries[0].weights is not None else "the folder"
         have = [fold for entry in entries for fold in entry.folds or ()]
         covered = [fold for fold in folds if fold not in missing]
-        them = "it" if len(missing) == 1 else "them"
-        fix = f"train {them} with `frb train {name} --folds {_fold_list(missing)} --out {folder}`"
+        fixes = []
+        if MODELS[name].trainable:
+            them = "it" if len(missing) == 1 else "them"
+            fixes.append(f"train {them} with `frb train {name} --folds {_fold_list(missing)} --out {folder}`")
         if covered:
-            fix += f" or pass --folds {_fold_list(covered)}"
+            fixes.append(f"pass --folds {_fold_list(covered)}")
+        fix = " or ".join(fixes) or f"add the missing {name}-fold<k>.pt files"
         raise FrbError(
             f"--weights {name}={folder} lacks {name}-fold<k>.pt for {describe_folds(missing)} "
             f"(it has {describe_folds(have)}); {fix}"
@@ -130,6 +133,6 @@ def load_entry(entry: FoldWeights, device: str = "cpu") -> Verifier:
             record = describe_folds(held_out) if held_out else "no fold"
             raise FrbError(
                 f"{entry.weights} held out {record} in training, not fold {entry.folds[0]}; "
-                f"replace it with the model trained by `frb train {entry.name} --folds {entry.folds[0]}`"
+                f"replace it with a model trained with fold {entry.folds[0]} held out"
             )
     return model

@@ -26,6 +26,8 @@ class ModelEntry:
     default_weights: Callable[[], Path]
     # Whether the model's own weights come as a folder (dlib-resnet: manifest plus .bin).
     weights_folder: bool = False
+    # Whether `frb train <name>` trains it, per held-out fold if asked.
+    trainable: bool = False
 
 
 def _load_dlib(weights: Path | None) -> Verifier:
@@ -83,6 +85,7 @@ MODELS: dict[str, ModelEntry] = {
             "Modular Siamese Network (eyes, nose, mouth, rest), trained on LFW folds 1-9",
             _load_msn,
             _msn_weights,
+            trainable=True,
         ),
     )
 }
