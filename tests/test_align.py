@@ -282,6 +282,24 @@ def test_entry_without_digest_is_kept_and_stamped(data_root: Path, aligner: Face
     assert cache.load(key).source_sha256 == file_sha256(data_root / path)
 
 
+def test_read_only_cache_serves_unstamped_entries(
+    data_root: Path, aligner: FaceAligner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = IMAGES[0]
+    (original,) = align_paths([path], data_root, tmp_path, progress=False, aligner=aligner)
+    cache = AlignmentCache(tmp_path, aligner.settings)
+    with np.load(cache.entry_path(image_key(path, data_root))) as entry:
+        fields = {name: entry[name] for name in entry.files if name != "source_sha256"}
+    np.savez(cache.entry_path(image_key(path, data_root)), **fields)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(AlignmentCache, "store", refuse)
+    (again,) = align_paths([path], data_root, tmp_path, progress=False, aligner=FaceAligner())
+    assert_same_face(again, original)
+
+
 def test_no_face_uses_fallback(
     fake_root: Path, aligner: FaceAligner, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -154,15 +154,26 @@ def test_eval_matches_single_fold_evaluations(cv_folder: Path, data_root: Path, 
         pd.testing.assert_frame_equal(both[both["fold"] == fold].reset_index(drop=True), alone)
 
 
-def test_plan_has_one_run_per_fold_file(cv_folder: Path, data_root: Path, cache_dir: Path) -> None:
+def test_plan_has_one_run_per_fold_file(cv_folder: Path, data_root: Path, cache_dir: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     cfg = RunConfig(spec=None, models=["msn"], data_root=data_root, cache_dir=cache_dir, weights={"msn": cv_folder})
-    plan = plan_model("msn", cfg, set(range(1, 11)))
+    with caplog.at_level(logging.WARNING):
+        plan = plan_model("msn", cfg, set(range(1, 11)))
+    assert "per-fold weights for folds 1-2 only" in caplog.text
+    assert "frb train msn --folds 3-10" in caplog.text
     assert [(part.folds, part.weights.name, part.subfolder) for part in plan] == [
         ([1], "msn-fold1.pt", "fold-01"),
         ([2], "msn-fold2.pt", "fold-02"),
     ]
     with pytest.raises(FrbError, match=r"msn-fold2\.pt is for fold 2, but the pairs file has fold 1"):
         plan_model("msn", cfg, {1})
+    # Folds left out by --folds are not checked, and unknown --folds are named as such.
+    only_one = RunConfig(spec=None, models=["msn"], data_root=data_root, cache_dir=cache_dir,
+                         weights={"msn": cv_folder}, folds=[1])
+    assert [part.folds for part in plan_model("msn", only_one, {1})] == [[1]]
+    with pytest.raises(FrbError, match=r"fold 11 does not exist; choose folds from 1-10"):
+        plan_model("msn", RunConfig(spec=None, models=["msn"], data_root=data_root, cache_dir=cache_dir,
+                                    weights={"msn": cv_folder}, folds=[11]), set(range(1, 11)))
     # The shipped single file runs once, on the fold it held out.
     shipped = RunConfig(spec=None, models=["msn"], data_root=data_root, cache_dir=cache_dir)
     assert [(part.folds, part.subfolder) for part in plan_model("msn", shipped, set(range(1, 11)))] == [([10], None)]

@@ -231,6 +231,14 @@ def test_fold_training_writes_loadable_weights(tiny_faces, data_root, tmp_path):
     (entry,) = weights_by_fold("msn", tmp_path / "out")
     assert load_entry(entry).lfw_test_folds() == (2,)
 
+    # A rerun leaves the finished fold's files untouched, so runs that used them still resume.
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()}
+    again = train_fold(lfw, tiny_faces, [people[:4], people[4:]], 2, TINY, tmp_path / "out", "other", "digest",
+                       progress=False)
+    assert again["fold_accuracy"] == record["fold_accuracy"]
+    assert again["command"] == "test"
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
+
 
 def test_epoch_scale_keeps_one_epoch():
     scaled = MSNHyperparameters().scaled(0.001)

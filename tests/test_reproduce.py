@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +70,29 @@ def test_rerun_resumes_every_run(reproduction: Path, data_root: Path, cache_dir:
     record = json.loads((reproduction / "reproduce.json").read_text())
     assert all(run["computed_chunks"] == 0 for run in record["runs"])
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_folder_from_earlier_version_resumes(reproduction: Path, data_root: Path, cache_dir: Path,
+                                             tmp_path: Path) -> None:
+    from robustbench_face.sweep.config import identity_hash
+
+    old = tmp_path / "old"
+    shutil.copytree(reproduction, old)
+    # Before per-fold weights, the id hashed each model's folds and the paths as given, and no JSON was kept.
+    legacy = identity_hash({
+        "specs": ["fgsm", "ffgsm", "deepfool"], "models": ["dlib-resnet", "msn"],
+        "folds": {"dlib-resnet": None, "msn": [10]}, "per_fold": 2, "seed": 0, "device": "cpu",
+        "skip_missing": False, "weights": {}, "data_root": str(data_root),
+    })
+    (old / ".frb-reproduce").write_text(legacy + "\n")
+    (old / ".frb-reproduce.json").unlink()
+    result = invoke(*reproduce_args(data_root, cache_dir, old))
+    assert result.exit_code == 0, result.output
+    record = json.loads((old / "reproduce.json").read_text())
+    assert all(run["computed_chunks"] == 0 for run in record["runs"])
+    # A marker that is neither the old nor the new id is still refused.
+    (old / ".frb-reproduce").write_text("0123456789ab\n")
+    assert invoke(*reproduce_args(data_root, cache_dir, old)).exit_code == 2
 
 
 @pytest.mark.parametrize(

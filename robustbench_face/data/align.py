@@ -492,7 +492,11 @@ def align_paths(
             # An entry from before digests were recorded: trusted, as it always
             # was, and stamped with the image's current digest.
             cached = replace(cached, source_sha256=digest)
-            cache.store(key, cached)
+            try:
+                cache.store(key, cached)
+            except OSError as err:
+                # A read-only cache still serves its entries, unstamped.
+                log.debug("cannot stamp cache entry %s (%s)", cache.entry_path(key), err)
         if cached is not None and cached.source_sha256 != digest:
             changed += 1
             cached = None

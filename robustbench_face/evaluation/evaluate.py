@@ -69,7 +69,8 @@ def evaluate(
             served = np.array([entry.covers(fold) for fold in pair_folds])
             warn_if_trained_on(model, set(pair_folds[served].tolist()))
             _, clean = cached_clean(
-                model, entry.sha256, prepared.faces, prepared.threshold_pairs, cache_dir, batch_size, progress
+                model, entry.sha256, prepared.data_hash, prepared.faces, prepared.threshold_pairs, cache_dir,
+                batch_size, progress,
             )
             for module, scores in clean.scores.items():
                 thresholds = np.array([clean.thresholds[module][fold] for fold in pair_folds[served]])

@@ -34,7 +34,8 @@ class FoldWeights:
 
     @cached_property
     def sha256(self) -> str:
-        # Hashed on first use, after loading has checked that the file exists.
+        # Hashed on first use: `load_entry` loads first, so that a missing
+        # file gets the model's own error.
         return weights_sha256(self.name, self.weights)
 
     def covers(self, fold: int) -> bool:
@@ -53,7 +54,7 @@ def describe_folds(folds: Iterable[int] | None) -> str:
     return "folds " + ",".join(map(str, folds))
 
 
-def _fold_list(folds: Iterable[int]) -> str:
+def fold_list(folds: Iterable[int]) -> str:
     """Write folds as a --folds value: "1-9" or "1,3"."""
     return describe_folds(folds).split(" ", 1)[1]
 
@@ -113,9 +114,9 @@ def needed(name: str, entries: list[FoldWeights], folds: Iterable[int]) -> list[
         fixes = []
         if MODELS[name].trainable:
             them = "it" if len(missing) == 1 else "them"
-            fixes.append(f"train {them} with `frb train {name} --folds {_fold_list(missing)} --out {folder}`")
+            fixes.append(f"train {them} with `frb train {name} --folds {fold_list(missing)} --out {folder}`")
         if covered:
-            fixes.append(f"pass --folds {_fold_list(covered)}")
+            fixes.append(f"pass --folds {fold_list(covered)}")
         fix = " or ".join(fixes) or f"add the missing {name}-fold<k>.pt files"
         raise FrbError(
             f"--weights {name}={folder} lacks {name}-fold<k>.pt for {describe_folds(missing)} "
@@ -127,6 +128,9 @@ def needed(name: str, entries: list[FoldWeights], folds: Iterable[int]) -> list[
 def load_entry(entry: FoldWeights, device: str = "cpu") -> Verifier:
     """Load the model of `entry`; a per-fold file must have held out the fold its name gives."""
     model = load_model(entry.name, entry.weights, device)
+    # Hashed now, right after loading, so that the id of a run names the
+    # file it loaded even if the file is replaced while the run aligns faces.
+    _ = entry.sha256
     if entry.folds is not None:
         held_out = model.lfw_test_folds()
         if held_out is not None and tuple(held_out) != entry.folds:

@@ -56,6 +56,7 @@ def clean_result(model: Verifier, pairs: list[Pair], embeddings: dict[str, torch
 def _compute_clean(
     model_name: str,
     weights_sha256: str,
+    data_sha256: str,
     settings_digest: str,
     relpaths: tuple[str, ...],
     pair_keys: tuple[tuple[int, int, bool, str, str], ...],
@@ -68,9 +69,10 @@ def _compute_clean(
     progress: bool,
 ) -> tuple[dict[str, torch.Tensor], CleanResult]:
     # Only the positional arguments form the cache key: they name the model,
-    # its weights, the aligned images and the pairs. Embeddings do not depend
-    # on the batch size (see models.base.STABLE_BATCH) but may on the device.
-    del model_name, weights_sha256, settings_digest, relpaths, pair_keys, device_type
+    # its weights, the image bytes, the aligned images and the pairs.
+    # Embeddings do not depend on the batch size (see
+    # models.base.STABLE_BATCH) but may on the device.
+    del model_name, weights_sha256, data_sha256, settings_digest, relpaths, pair_keys, device_type
     embeddings = embed_images(model, faces, faces.relpaths, batch_size, str(next(model.parameters()).device), progress)
     return embeddings, clean_result(model, pairs, embeddings)
 
@@ -78,6 +80,7 @@ def _compute_clean(
 def cached_clean(
     model: Verifier,
     weights_sha256: str,
+    data_sha256: str,
     faces: FaceStore,
     pairs: list[Pair],
     cache_dir: Path | None,
@@ -88,11 +91,14 @@ def cached_clean(
 
     With `cache_dir` None nothing is cached. The cache lives in
     `<cache_dir>/joblib` and is shared by runs, attacks and `frb eval`.
+    `data_sha256` (`Prepared.data_hash`) ties it to the bytes of the pairs
+    file and images, so an image replaced in place is embedded again.
     """
     device_type = next(model.parameters()).device.type
     key = (
         model.name,
         weights_sha256,
+        data_sha256,
         faces.settings_digest,
         tuple(faces.relpaths),
         tuple((pair.pair_id, pair.fold, pair.same, pair.probe, pair.reference) for pair in pairs),

@@ -63,20 +63,36 @@ def select_data(
     return Selection(lfw=lfw, threshold_pairs=checked.pairs, run_pairs=run_pairs, skipped=checked.skipped)
 
 
-def align_data(selection: Selection, cache_dir: Path, progress: bool = True) -> Prepared:
-    """Align the faces of every selected pair (the slow part, cached on disk) and hash the data."""
+def align_data(
+    selection: Selection, cache_dir: Path, progress: bool = True, memo: dict | None = None
+) -> Prepared:
+    """Align the faces of every selected pair (the slow part, cached on disk) and hash the data.
+
+    `memo`, a dict the caller keeps, holds the faces and hash for later
+    calls on the same images, so that the many runs of one reproduction
+    read and hash the images once.
+    """
     lfw = selection.lfw
     relpaths = sorted({rel for pair in selection.threshold_pairs for rel in (pair.probe, pair.reference)})
-    faces = load_faces(lfw, relpaths, cache_dir, progress=progress)
-    if faces.fallbacks:
-        log.warning("%d of %d images had no detected face and use the fallback alignment", len(faces.fallbacks), len(relpaths))
+    key = (str(lfw.root), str(lfw.images), str(cache_dir), tuple(relpaths))
+    if memo is not None and key in memo:
+        faces, digest = memo[key]
+    else:
+        faces = load_faces(lfw, relpaths, cache_dir, progress=progress)
+        if faces.fallbacks:
+            log.warning(
+                "%d of %d images had no detected face and use the fallback alignment", len(faces.fallbacks), len(relpaths)
+            )
+        digest = data_hash(lfw, relpaths)
+        if memo is not None:
+            memo[key] = (faces, digest)
     return Prepared(
         lfw=lfw,
         threshold_pairs=selection.threshold_pairs,
         run_pairs=selection.run_pairs,
         skipped=selection.skipped,
         faces=faces,
-        data_hash=data_hash(lfw, relpaths),
+        data_hash=digest,
         fallback_images=faces.fallbacks,
     )
 

@@ -28,7 +28,7 @@ from ..attacks.specs import build_spec, load_spec
 from ..data.lfw import locate_lfw
 from ..data.pairs import parse_pairs
 from ..errors import FrbError
-from ..models.folds import describe_folds, load_entry, needed, weights_by_fold
+from ..models.folds import describe_folds, fold_list, load_entry, needed, weights_by_fold
 from ..results.curves import CURVE_KEYS
 from ..results.plot import plot_panels
 from ..results.writer import write_csv, write_json
@@ -75,19 +75,29 @@ def plan_model(model_name: str, cfg: RunConfig, lfw_folds: set[int]) -> list[Run
     does an LFW-trained one without a training record (its runs warn
     about that). `lfw_folds` are the folds of the pairs file.
     """
+    unknown = sorted(set(cfg.folds or ()) - lfw_folds)
+    if unknown:
+        raise FrbError(f"fold {unknown[0]} does not exist; choose folds from {fold_list(lfw_folds)}")
     entries = weights_by_fold(model_name, cfg.weights.get(model_name))
     if entries[0].folds is None:
         held_out = load_entry(entries[0], cfg.device).lfw_test_folds()
         folds = cfg.folds if cfg.folds is not None else (sorted(held_out) if held_out else None)
         return [RunPart(folds, entries[0].weights, None)]
+    if cfg.folds is not None:
+        entries = needed(model_name, entries, cfg.folds)
     for entry in entries:
         if entry.folds[0] not in lfw_folds:
             raise FrbError(
                 f"{entry.weights} is for fold {entry.folds[0]}, but the pairs file has {describe_folds(lfw_folds)}; "
-                "remove or rename that file"
+                "remove or rename that file, or pass --folds"
             )
-    if cfg.folds is not None:
-        entries = needed(model_name, entries, cfg.folds)
+    covered = {entry.folds[0] for entry in entries}
+    if cfg.folds is None and covered != lfw_folds:
+        log.warning(
+            "%s has per-fold weights for %s only, so it is reproduced there while models with one weights file "
+            "run on every fold; train the others with `frb train %s --folds %s`",
+            model_name, describe_folds(covered), model_name, fold_list(lfw_folds - covered),
+        )
     for entry in entries:
         load_entry(entry, cfg.device)  # checks the file and its held-out fold before any sweep
     return [RunPart([entry.folds[0]], entry.weights, f"fold-{entry.folds[0]:02d}") for entry in entries]
@@ -107,10 +117,11 @@ def reproduce(cfg: RunConfig, out: Path, specs: tuple[str, ...], command: str) -
     built = [(spec_name, build_spec(load_spec(spec_name))) for spec_name in specs]
     created = _claim_output(out, cfg, plans, specs)
     runs: list[ReproducedRun] = []
+    memo: dict = {}  # every run reads the same images, so they are loaded and hashed once
     try:
         for spec_name, spec in built:
             for model_name in cfg.models:
-                runs.append(_reproduce_model(cfg, spec_name, spec, model_name, plans[model_name], out, command))
+                runs.append(_reproduce_model(cfg, spec_name, spec, model_name, plans[model_name], out, command, memo))
     except FrbError:
         # Bad input (a missing image, a malformed pairs file) shows up in the
         # first run before it writes anything, so the claim is withdrawn.
@@ -142,7 +153,14 @@ def reproduce(cfg: RunConfig, out: Path, specs: tuple[str, ...], command: str) -
 
 
 def _reproduce_model(
-    cfg: RunConfig, spec_name: str, spec: AttackSpec, model_name: str, parts: list[RunPart], out: Path, command: str
+    cfg: RunConfig,
+    spec_name: str,
+    spec: AttackSpec,
+    model_name: str,
+    parts: list[RunPart],
+    out: Path,
+    command: str,
+    memo: dict,
 ) -> ReproducedRun:
     """Run every part of one model for one spec; per-fold runs are merged into the model folder's CSVs."""
     model_dir = out / spec_name / model_name
@@ -153,7 +171,8 @@ def _reproduce_model(
         if part.weights is not None:
             weights[model_name] = part.weights
         run_cfg = replace(cfg, spec=spec, models=[model_name], folds=part.folds, weights=weights)
-        results.append(run(run_cfg, model_dir / part.subfolder if part.subfolder else model_dir, command=command))
+        run_dir = model_dir / part.subfolder if part.subfolder else model_dir
+        results.append(run(run_cfg, run_dir, command=command, memo=memo))
     seconds = time.perf_counter() - began
     computed = sum(result.computed_chunks for result in results)
     resumed = sum(result.resumed_chunks for result in results)
@@ -170,6 +189,33 @@ def _reproduce_model(
     write_csv(model_dir / "pairs.csv", pairs)
     folds = [part.folds[0] for part in parts if part.folds]
     return ReproducedRun(spec_name, model_name, model_dir, folds, seconds, computed, resumed, curves)
+
+
+def _marker(out: Path) -> str | None:
+    path = out / MARKER
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def _legacy_key(cfg: RunConfig, plans: dict[str, list[RunPart]], specs: tuple[str, ...]) -> str | None:
+    """Return the id that reproduce gave before per-fold weights existed, or None where it could not have made it.
+
+    That version hashed the folds of each model, as worked out from its
+    weights, and the paths as given.
+    """
+    if any(parts[0].subfolder is not None for parts in plans.values()):
+        return None
+    settings = {
+        "specs": list(specs),
+        "models": cfg.models,
+        "folds": {name: parts[0].folds for name, parts in plans.items()},
+        "per_fold": cfg.per_fold,
+        "seed": cfg.seed,
+        "device": cfg.device.split(":")[0],
+        "skip_missing": cfg.skip_missing,
+        "weights": {name: str(path) for name, path in cfg.weights.items()},
+        "data_root": str(cfg.data_root),
+    }
+    return identity_hash(settings)
 
 
 def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], specs: tuple[str, ...]) -> bool:
@@ -193,7 +239,11 @@ def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], sp
         "data_root": str(Path(cfg.data_root).absolute()),
     }
     key = identity_hash(settings)
-    check_output_folder(out, MARKER, "reproduction", key, settings)
+    if _marker(out) == _legacy_key(cfg, plans, specs):
+        # Made by an earlier version, which hashed other settings: adopt it, so that its runs resume.
+        log.info("%s was made by an earlier version of frb reproduce; resuming it", out)
+    else:
+        check_output_folder(out, MARKER, "reproduction", key, settings)
     for spec_name in specs:
         for model_name, parts in plans.items():
             model_dir = out / spec_name / model_name

@@ -52,8 +52,11 @@ class RunOutput:
     computed_chunks: int
 
 
-def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
-    """Run the sweep of `cfg` and write curves.csv, pairs.csv, timings.csv, run.json and plots."""
+def run(cfg: RunConfig, out: Path | None, command: str, memo: dict | None = None) -> RunOutput:
+    """Run the sweep of `cfg` and write curves.csv, pairs.csv, timings.csv, run.json and plots.
+
+    `memo` is passed to `align_data`, for callers that run many sweeps on the same images.
+    """
     started = time.time()
     torch.manual_seed(cfg.seed)
     selection = select_data(cfg.data_root, cfg.folds, cfg.per_fold, cfg.skip_missing)
@@ -63,7 +66,7 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
     # before touching the output folder, so that missing or corrupt weights
     # fail at once and leave no half-made run behind.
     models = {(name, entry.weights): load_entry(entry, cfg.device) for name in cfg.models for entry in entries[name]}
-    prepared = align_data(selection, cfg.cache_dir, cfg.progress)
+    prepared = align_data(selection, cfg.cache_dir, cfg.progress, memo)
     for name in cfg.models:
         for entry in entries[name]:
             warn_if_trained_on(models[name, entry.weights], {fold for fold in run_folds if entry.covers(fold)})
@@ -103,7 +106,8 @@ def run(cfg: RunConfig, out: Path | None, command: str) -> RunOutput:
 def _chunk_tasks(cfg: RunConfig, name: str, model: Verifier, entry: FoldWeights, prepared: Prepared) -> list[ChunkTask]:
     """Cut the attacked pairs that `entry` scores into chunks that carry their own inputs."""
     embeddings, clean = cached_clean(
-        model, entry.sha256, prepared.faces, prepared.threshold_pairs, cfg.cache_dir, cfg.batch_size, cfg.progress
+        model, entry.sha256, prepared.data_hash, prepared.faces, prepared.threshold_pairs, cfg.cache_dir,
+        cfg.batch_size, cfg.progress,
     )
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
     pairs = [pair for pair in prepared.run_pairs if entry.covers(pair.fold)]

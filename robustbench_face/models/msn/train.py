@@ -821,6 +821,14 @@ def train_fold(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"fold{test_fold}"
+    weights_path = out_dir / f"msn-{stem}.pt"
+    record_path = out_dir / f"msn-{stem}.json"
+    finished = _finished_record(weights_path, record_path, hp)
+    if finished is not None:
+        # Left as it is: rewriting it would change its hash (the record holds
+        # the command), and runs that used it would no longer resume.
+        logger.info("Fold %d is already trained (%s); skipping it", test_fold, weights_path)
+        return finished
     model, state = train_msn(
         train_faces, hp, out_dir / f"state-{stem}.pt", csv_path=out_dir / f"losses-{stem}.csv", progress=progress
     )
@@ -847,13 +855,26 @@ def train_fold(
         "train_folds_accuracy": result.train_accuracies,
         "msn_accuracy_at_0.5": result.decision_accuracy,
     }
-    weights_path = out_dir / f"msn-{stem}.pt"
     # Written whole or not at all, because runs may read this folder while other folds still train.
     buffer = io.BytesIO()
     torch.save(model.checkpoint(metadata=record, half=True), buffer)
     atomic_write_bytes(weights_path, buffer.getvalue())
-    atomic_write_bytes(out_dir / f"msn-{stem}.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
     logger.info("Wrote %s (%.1f MB)", weights_path, weights_path.stat().st_size / 1e6)
+    return record
+
+
+def _finished_record(weights_path: Path, record_path: Path, hp: MSNHyperparameters) -> dict[str, Any] | None:
+    """Return the record of a fold already trained with `hp`, or None when it must be trained (or resumed)."""
+    if not (weights_path.is_file() and record_path.is_file()):
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    # Compared as JSON, the form in which the record keeps them.
+    if record.get("hyperparameters") != json.loads(json.dumps(hp.to_dict())):
+        return None
     return record
 
 
