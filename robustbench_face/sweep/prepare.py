@@ -68,8 +68,8 @@ def align_data(
 ) -> Prepared:
     """Align the faces of every selected pair (the slow part, cached on disk) and hash the data.
 
-    `memo`, a dict the caller keeps, holds the faces and hash for later
-    calls on the same images, so that the many runs of one reproduction
+    `memo` is a dict the caller keeps; it stores the faces and hash for
+    later calls on the same images, so that the many runs of one reproduction
     read and hash the images once.
     """
     lfw = selection.lfw

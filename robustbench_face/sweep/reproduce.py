@@ -81,7 +81,9 @@ def plan_model(model_name: str, cfg: RunConfig, lfw_folds: set[int]) -> list[Run
     entries = weights_by_fold(model_name, cfg.weights.get(model_name))
     if entries[0].folds is None:
         held_out = load_entry(entries[0], cfg.device).lfw_test_folds()
-        folds = cfg.folds if cfg.folds is not None else (sorted(held_out) if held_out else None)
+        folds = cfg.folds
+        if folds is None and held_out:
+            folds = sorted(held_out)
         return [RunPart(folds, entries[0].weights, None)]
     if cfg.folds is not None:
         entries = needed(model_name, entries, cfg.folds)

@@ -825,8 +825,8 @@ def train_fold(
     record_path = out_dir / f"msn-{stem}.json"
     finished = _finished_record(weights_path, record_path, hp)
     if finished is not None:
-        # Left as it is: rewriting it would change its hash (the record holds
-        # the command), and runs that used it would no longer resume.
+        # Left as it is: rewriting it would change its hash (the record
+        # includes the command), and runs that used it would no longer resume.
         logger.info("Fold %d is already trained (%s); skipping it", test_fold, weights_path)
         return finished
     model, state = train_msn(
