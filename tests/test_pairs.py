@@ -9,6 +9,7 @@ import pytest
 from robustbench_face.data.lfw import LFW, check_images, locate_lfw
 from robustbench_face.data.pairs import image_relpath, parse_pairs, select_pairs
 from robustbench_face.errors import FrbError
+from robustbench_face.sweep.prepare import select_data
 
 
 def write_pairs(tmp_path: Path, lines: list[str]) -> Path:
@@ -147,6 +148,14 @@ def test_skipped_pair_keeps_other_folds(tmp_path: Path) -> None:
     assert [pair.pair_id for pair in result.skipped] == [1]
     assert [pair.pair_id for pair in result.pairs] == [0, 2, 3, 4, 5, 6, 7]
     assert [pair.fold for pair in result.pairs] == [1, 1, 1, 2, 2, 2, 2]
+
+
+def test_no_pair_left_is_an_error(tmp_path: Path) -> None:
+    everything = {rel for pair in parse_pairs(write_pairs(tmp_path, TWO_FOLDS)) for rel in (pair.probe, pair.reference)}
+    make_lfw(tmp_path, missing=everything)
+    (tmp_path / "lfw-deepfunneled").mkdir()
+    with pytest.raises(FrbError, match=r"every pair of the chosen folds lacks an image \(--skip-missing left out 8\)"):
+        select_data(tmp_path, skip_missing=True)
 
 
 def test_locate_prefers_deepfunneled(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.faces import FaceStore, load_faces
 from ..data.lfw import LFW, check_images, locate_lfw
 from ..data.pairs import Pair, parse_pairs, select_pairs
+from ..errors import FrbError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def select_data(
     checked = check_images(lfw, selected, skip_missing=skip_missing)
     wanted = set(folds) if folds is not None else None
     run_pairs = [pair for pair in checked.pairs if wanted is None or pair.fold in wanted]
+    if not run_pairs:
+        raise FrbError(
+            f"every pair of the chosen folds lacks an image (--skip-missing left out {len(checked.skipped)}); "
+            f"restore the images under {lfw.images}"
+        )
     return Selection(lfw=lfw, threshold_pairs=checked.pairs, run_pairs=run_pairs, skipped=checked.skipped)
 
 
@@ -68,9 +74,9 @@ def align_data(
 ) -> Prepared:
     """Align the faces of every selected pair (the slow part, cached on disk) and hash the data.
 
-    `memo` is a dict the caller keeps; it stores the faces and hash for
-    later calls on the same images, so that the many runs of one reproduction
-    read and hash the images once.
+    `memo` is a dict that the caller keeps across calls. The faces and
+    hash of a call are stored in it, so that the many runs of one
+    reproduction read and hash the images once.
     """
     lfw = selection.lfw
     relpaths = sorted({rel for pair in selection.threshold_pairs for rel in (pair.probe, pair.reference)})
