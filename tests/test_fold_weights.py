@@ -230,3 +230,13 @@ def test_untrainable_model_gets_no_train_hint(tmp_path: Path) -> None:
     (tmp_path / "facenet-fold1.pt").write_bytes(b"")
     with pytest.raises(FrbError, match=r"for fold 2 \(it has fold 1\); pass --folds 1$"):
         needed("facenet", weights_by_fold("facenet", tmp_path), [1, 2])
+
+
+def test_reproduce_refuses_a_foreign_folder(cv_folder: Path, data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a reproduction\n")
+    result = _reproduce(data_root, cache_dir, out, cv_folder)
+    assert result.exit_code == 2
+    assert "contains no frb reproduction" in result.output
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]

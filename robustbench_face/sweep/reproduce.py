@@ -241,7 +241,8 @@ def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], sp
         "data_root": str(Path(cfg.data_root).absolute()),
     }
     key = identity_hash(settings)
-    if _marker(out) == _legacy_key(cfg, plans, specs):
+    existing = _marker(out)
+    if existing is not None and existing == _legacy_key(cfg, plans, specs):
         # Made by an earlier version, which hashed other settings: adopt it, so that its runs resume.
         log.info("%s was made by an earlier version of frb reproduce; resuming it", out)
     else:
