@@ -248,7 +248,7 @@ def test_replaced_image_is_aligned_again(data_root: Path, aligner: FaceAligner, 
     shutil.copyfile(data_root / path, target)
     (first,) = align_paths([path], root, tmp_path / "cache", progress=False, aligner=aligner)
 
-    # The same path now holds another person's photo.
+    # The same path now contains another person's photo.
     shutil.copyfile(data_root / IMAGES[1], target)
     (second,) = align_paths([path], root, tmp_path / "cache", progress=False, aligner=aligner)
     (expected,) = align_paths([IMAGES[1]], data_root, tmp_path / "fresh", progress=False, aligner=aligner)
@@ -292,10 +292,10 @@ def test_read_only_cache_serves_unstamped_entries(
         fields = {name: entry[name] for name in entry.files if name != "source_sha256"}
     np.savez(cache.entry_path(image_key(path, data_root)), **fields)
 
-    def refuse(*args, **kwargs):
+    def fail_to_store(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(AlignmentCache, "store", refuse)
+    monkeypatch.setattr(AlignmentCache, "store", fail_to_store)
     (again,) = align_paths([path], data_root, tmp_path, progress=False, aligner=FaceAligner())
     assert_same_face(again, original)
 

@@ -19,7 +19,7 @@ def _noisy_msn() -> MSN:
     return model
 
 
-def test_cache_key_holds_the_image_bytes(fold1_faces, tmp_path: Path) -> None:
+def test_cache_key_includes_image_bytes(fold1_faces, tmp_path: Path) -> None:
     pairs, faces = fold1_faces
     shipped, noisy = MSN.pretrained(), _noisy_msn()
 

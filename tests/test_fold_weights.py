@@ -232,7 +232,7 @@ def test_untrainable_model_gets_no_train_hint(tmp_path: Path) -> None:
         needed("facenet", weights_by_fold("facenet", tmp_path), [1, 2])
 
 
-def test_reproduce_refuses_a_foreign_folder(cv_folder: Path, data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_reproduce_rejects_foreign_folder(cv_folder: Path, data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("not a reproduction\n")

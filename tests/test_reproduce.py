@@ -90,7 +90,7 @@ def test_folder_from_earlier_version_resumes(reproduction: Path, data_root: Path
     assert result.exit_code == 0, result.output
     record = json.loads((old / "reproduce.json").read_text())
     assert all(run["computed_chunks"] == 0 for run in record["runs"])
-    # A marker that is neither the old nor the new id is still refused.
+    # A marker that is neither the old nor the new id is still rejected.
     (old / ".frb-reproduce").write_text("0123456789ab\n")
     assert invoke(*reproduce_args(data_root, cache_dir, old)).exit_code == 2
 
