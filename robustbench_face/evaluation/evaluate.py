@@ -87,15 +87,10 @@ def evaluate(
                             "accuracy": accuracy,
                         }
                     )
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        # With one model per fold the rows arrive fold by fold; list them module by module.
-        first_seen = {
-            column: {value: i for i, value in enumerate(dict.fromkeys(frame[column]))} for column in ("model", "module")
-        }
-        frame = frame.sort_values(
-            ["model", "module", "fold"],
-            key=lambda column: column.map(first_seen[column.name]) if column.name in first_seen else column,
-            kind="stable",
-        )
-    return Evaluation(folds=frame.reset_index(drop=True), prepared=prepared)
+    # With one model per fold the rows arrive fold by fold; list them model by model, then module by module.
+    order = []
+    for name in models:
+        _, model = loaded[name][0]
+        order += [(name, module) for module in model.score_names]
+    rows.sort(key=lambda row: (order.index((row["model"], row["module"])), row["fold"]))
+    return Evaluation(folds=pd.DataFrame(rows), prepared=prepared)

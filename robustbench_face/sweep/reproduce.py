@@ -193,6 +193,25 @@ def _reproduce_model(
     return ReproducedRun(spec_name, model_name, model_dir, folds, seconds, computed, resumed, curves)
 
 
+def _settings(cfg: RunConfig, specs: tuple[str, ...], folds: object, absolute: bool) -> dict:
+    """Collect the settings that identify a reproduction; `absolute` makes its paths absolute."""
+
+    def path_text(path: Path) -> str:
+        return str(Path(path).absolute()) if absolute else str(path)
+
+    return {
+        "specs": list(specs),
+        "models": cfg.models,
+        "folds": folds,
+        "per_fold": cfg.per_fold,
+        "seed": cfg.seed,
+        "device": cfg.device.split(":")[0],
+        "skip_missing": cfg.skip_missing,
+        "weights": {name: path_text(path) for name, path in cfg.weights.items()},
+        "data_root": path_text(cfg.data_root),
+    }
+
+
 def _marker(out: Path) -> str | None:
     path = out / MARKER
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
@@ -206,18 +225,8 @@ def _legacy_key(cfg: RunConfig, plans: dict[str, list[RunPart]], specs: tuple[st
     """
     if any(parts[0].subfolder is not None for parts in plans.values()):
         return None
-    settings = {
-        "specs": list(specs),
-        "models": cfg.models,
-        "folds": {name: parts[0].folds for name, parts in plans.items()},
-        "per_fold": cfg.per_fold,
-        "seed": cfg.seed,
-        "device": cfg.device.split(":")[0],
-        "skip_missing": cfg.skip_missing,
-        "weights": {name: str(path) for name, path in cfg.weights.items()},
-        "data_root": str(cfg.data_root),
-    }
-    return identity_hash(settings)
+    folds = {name: parts[0].folds for name, parts in plans.items()}
+    return identity_hash(_settings(cfg, specs, folds, absolute=False))
 
 
 def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], specs: tuple[str, ...]) -> bool:
@@ -229,17 +238,7 @@ def _claim_output(out: Path, cfg: RunConfig, plans: dict[str, list[RunPart]], sp
     folder inside is checked too, so that a conflict stops the command
     before any sweep runs.
     """
-    settings = {
-        "specs": list(specs),
-        "models": cfg.models,
-        "folds": cfg.folds,
-        "per_fold": cfg.per_fold,
-        "seed": cfg.seed,
-        "device": cfg.device.split(":")[0],
-        "skip_missing": cfg.skip_missing,
-        "weights": {name: str(path.absolute()) for name, path in cfg.weights.items()},
-        "data_root": str(Path(cfg.data_root).absolute()),
-    }
+    settings = _settings(cfg, specs, cfg.folds, absolute=True)
     key = identity_hash(settings)
     existing = _marker(out)
     if existing is not None and existing == _legacy_key(cfg, plans, specs):
