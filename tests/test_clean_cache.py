@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 
+from robustbench_face.data.lfw import locate_lfw
 from robustbench_face.models.msn.network import MSN
 from robustbench_face.sweep.clean import cached_clean
+from robustbench_face.sweep.prepare import data_hash
 
 
 def _noisy_msn() -> MSN:
@@ -32,3 +34,16 @@ def test_cache_key_includes_image_bytes(fold1_faces, tmp_path: Path) -> None:
     rel = faces.relpaths[0]
     assert torch.equal(again[rel], first[rel])
     assert not torch.equal(changed[rel], first[rel])
+
+
+def test_data_hash_reuses_alignment_digests(fold1_faces, data_root: Path) -> None:
+    _, faces = fold1_faces
+    lfw = locate_lfw(data_root)
+
+    from_disk = data_hash(lfw, faces.relpaths)
+    assert all(faces.source_sha256)
+    assert data_hash(lfw, faces.relpaths, faces.source_sha256) == from_disk
+    # A digest that disagrees with the bytes on disk must change the hash,
+    # or the digests were ignored.
+    other = [faces.source_sha256[1], *faces.source_sha256[1:]]
+    assert data_hash(lfw, faces.relpaths, other) != from_disk

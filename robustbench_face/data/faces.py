@@ -26,6 +26,9 @@ class FaceStore:
     fallbacks: list[str] = field(default_factory=list)
     # Digest of the aligner settings, so caches of derived values can key on it.
     settings_digest: str = ""
+    # Hex sha256 of each source image, in `relpaths` order. Alignment checks
+    # its cache with them, so the data hash reuses them instead of reading again.
+    source_sha256: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._index = {rel: i for i, rel in enumerate(self.relpaths)}
@@ -62,4 +65,5 @@ def load_faces(lfw: LFW, relpaths: list[str], cache_dir: Path, progress: bool = 
         landmarks=landmarks,
         fallbacks=fallbacks,
         settings_digest=AlignerSettings().digest(),
+        source_sha256=[face.source_sha256 or "" for face in faces],
     )

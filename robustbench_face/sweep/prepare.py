@@ -16,23 +16,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Prepared:
-    """Pairs, faces and hashes shared by every model of a run."""
-
-    lfw: LFW
-    threshold_pairs: list[Pair]  # every fold, for the protocol's thresholds
-    run_pairs: list[Pair]  # the folds that are attacked or evaluated
-    skipped: list[Pair]
-    faces: FaceStore
-    data_hash: str
-    fallback_images: list[str] = field(default_factory=list)
-
-    @property
-    def image_relpaths(self) -> list[str]:
-        return self.faces.relpaths
-
-
-@dataclass
 class Selection:
     """The pairs of a run or an evaluation, checked but not yet aligned."""
 
@@ -40,6 +23,36 @@ class Selection:
     threshold_pairs: list[Pair]  # every fold, for the protocol's thresholds
     run_pairs: list[Pair]  # the folds that are attacked or evaluated
     skipped: list[Pair]
+
+
+@dataclass
+class Prepared:
+    """A selection with its aligned faces and data hash, shared by every model of a run."""
+
+    selection: Selection
+    faces: FaceStore
+    data_hash: str
+    fallback_images: list[str] = field(default_factory=list)
+
+    @property
+    def lfw(self) -> LFW:
+        return self.selection.lfw
+
+    @property
+    def threshold_pairs(self) -> list[Pair]:
+        return self.selection.threshold_pairs
+
+    @property
+    def run_pairs(self) -> list[Pair]:
+        return self.selection.run_pairs
+
+    @property
+    def skipped(self) -> list[Pair]:
+        return self.selection.skipped
+
+    @property
+    def image_relpaths(self) -> list[str]:
+        return self.faces.relpaths
 
 
 def select_data(
@@ -89,18 +102,10 @@ def align_data(
             log.warning(
                 "%d of %d images had no detected face and use the fallback alignment", len(faces.fallbacks), len(relpaths)
             )
-        digest = data_hash(lfw, relpaths)
+        digest = data_hash(lfw, relpaths, faces.source_sha256)
         if memo is not None:
             memo[key] = (faces, digest)
-    return Prepared(
-        lfw=lfw,
-        threshold_pairs=selection.threshold_pairs,
-        run_pairs=selection.run_pairs,
-        skipped=selection.skipped,
-        faces=faces,
-        data_hash=digest,
-        fallback_images=faces.fallbacks,
-    )
+    return Prepared(selection=selection, faces=faces, data_hash=digest, fallback_images=faces.fallbacks)
 
 
 def prepare_data(
@@ -115,11 +120,22 @@ def prepare_data(
     return align_data(select_data(data_root, folds, per_fold, skip_missing), cache_dir, progress)
 
 
-def data_hash(lfw: LFW, relpaths: list[str]) -> str:
-    """sha256 over pairs.txt and the bytes of every image used, in path order."""
+def data_hash(lfw: LFW, relpaths: list[str], image_sha256: list[str] | None = None) -> str:
+    """sha256 over pairs.txt and the bytes of every image used, in path order.
+
+    `image_sha256` gives the hex digests of the images in `relpaths` order
+    when the caller has them already. An image with an empty entry is read
+    from disk.
+    """
+    known = image_sha256 if image_sha256 else [""] * len(relpaths)
+    if len(known) != len(relpaths):
+        raise ValueError(f"got {len(known)} image digests for {len(relpaths)} paths")
     digest = hashlib.sha256()
     digest.update(lfw.pairs_file.read_bytes())
-    for rel in relpaths:
+    for rel, hex_digest in zip(relpaths, known):
         digest.update(rel.encode("utf-8"))
-        digest.update(hashlib.sha256(lfw.image_path(rel).read_bytes()).digest())
+        if hex_digest:
+            digest.update(bytes.fromhex(hex_digest))
+        else:
+            digest.update(hashlib.sha256(lfw.image_path(rel).read_bytes()).digest())
     return digest.hexdigest()
