@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.align import file_sha256
 from ..data.faces import FaceStore, load_faces
 from ..data.lfw import LFW, check_images, locate_lfw
 from ..data.pairs import Pair, parse_pairs, select_pairs
@@ -32,7 +33,6 @@ class Prepared:
     selection: Selection
     faces: FaceStore
     data_hash: str
-    fallback_images: list[str] = field(default_factory=list)
 
     @property
     def lfw(self) -> LFW:
@@ -53,6 +53,10 @@ class Prepared:
     @property
     def image_relpaths(self) -> list[str]:
         return self.faces.relpaths
+
+    @property
+    def fallback_images(self) -> list[str]:
+        return self.faces.fallbacks
 
 
 def select_data(
@@ -105,7 +109,7 @@ def align_data(
         digest = data_hash(lfw, relpaths, faces.source_sha256)
         if memo is not None:
             memo[key] = (faces, digest)
-    return Prepared(selection=selection, faces=faces, data_hash=digest, fallback_images=faces.fallbacks)
+    return Prepared(selection=selection, faces=faces, data_hash=digest)
 
 
 def prepare_data(
@@ -134,8 +138,5 @@ def data_hash(lfw: LFW, relpaths: list[str], image_sha256: list[str] | None = No
     digest.update(lfw.pairs_file.read_bytes())
     for rel, hex_digest in zip(relpaths, known):
         digest.update(rel.encode("utf-8"))
-        if hex_digest:
-            digest.update(bytes.fromhex(hex_digest))
-        else:
-            digest.update(hashlib.sha256(lfw.image_path(rel).read_bytes()).digest())
+        digest.update(bytes.fromhex(hex_digest or file_sha256(lfw.image_path(rel))))
     return digest.hexdigest()
